@@ -22,13 +22,13 @@ __all__ = ["__version__", "load_model", "list_models", "segment_array", "open_re
 _LAZY = {
     "load_model": "segpipe.models",
     "list_models": "segpipe.models",
-    "segment_array": "segpipe.infer",
+    "segment_array": "segpipe.predict",
     "open_results": "segpipe.tables",
     "open_image": "segpipe.io",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from segpipe.infer import segment_array
+    from segpipe.predict import segment_array
     from segpipe.io import open_image
     from segpipe.models import list_models, load_model
     from segpipe.tables import open_results
