@@ -8,18 +8,24 @@
 ``dask_client``
     Session-scoped ``distributed.Client`` on a ``LocalCluster`` with two single-threaded
     worker processes and no dashboard.
+``io_helpers``
+    The module ``tests/io/helpers.py`` (writers of small test images in every format
+    segpipe reads), loaded by path so its name never clashes with other test helpers.
 ``torch_threads`` (autouse)
     ``torch.set_num_threads(1)`` when torch has already been imported.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -100,9 +106,12 @@ def dask_client() -> Iterator[Any]:
     """A session-wide ``distributed.Client`` on 2 single-threaded worker processes."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -112,3 +121,18 @@ def torch_threads() -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def io_helpers() -> ModuleType:
+    """``tests/io/helpers.py``: writers of SVS / OME-TIFF / pyramid / PNG / JPEG / zarr files."""
+    name = "segpipe_tests_io_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).parent / "io" / "helpers.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

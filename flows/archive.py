@@ -1,0 +1,156 @@
+"""The nightly archive run: discover, skip unchanged, segment the rest, report."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
+from flows.image import segment_image
+from flows.progress import get_reporter
+from segpipe import tables
+from segpipe.config import SegpipeConfig, load_config
+from segpipe.lock import ResultsLock
+from segpipe.pipeline import (
+    ImageOutcome,
+    RunSummary,
+    discover_items,
+    new_run_id,
+    one_line,
+    open_client,
+    plan_run,
+    resolve_model,
+    run_row,
+    skipped_rows,
+    summarise,
+)
+
+__all__ = ["archive_run", "run_images"]
+
+#: Model used when the default ``nuclei`` has no installed weights and no model was asked for.
+FALLBACK_MODEL = "classical"
+
+
+def run_images(items: list[Any], results: str, model: Any, config: SegpipeConfig, client: Any,
+               run_id: str, lock: ResultsLock | None = None,
+               storage_options: dict[str, Any] | None = None) -> list[ImageOutcome]:
+    """Submit images as Prefect tasks, at most ``config.run.concurrency`` at once."""
+    reporter = get_reporter()
+    logger = get_run_logger()
+    pending, active, outcomes = list(items), {}, []
+    limit = config.run.concurrency
+    while pending or active:
+        while pending and len(active) < limit:
+            if lock is not None and lock.lost.is_set():
+                logger.error("the results lock was taken over; not starting %d more images", len(pending))
+                pending.clear()
+                break
+            item = pending.pop(0)
+            reporter.image_started(item.image_id)
+            fut = segment_image.submit(item, item.image_id, results, model, config, client, run_id,
+                                       storage_options, reporter.chunks)
+            active[fut.wrapped_future] = (fut, item)
+        if not active:
+            break
+        finished, _ = cf.wait(list(active), return_when=cf.FIRST_COMPLETED)
+        for wrapped in finished:
+            fut, item = active.pop(wrapped)
+            try:
+                outcome = fut.result()
+            except Exception as exc:  # the task itself broke (should not happen): image fails alone
+                outcome = ImageOutcome(item.image_id, item.uri, "failed", one_line(exc))
+            outcomes.append(outcome)
+            reporter.image_finished(outcome)
+    return outcomes
+
+
+def _summary_markdown(summary: RunSummary) -> str:
+    rows = [("run", summary.run_id), ("status", summary.status), ("images", summary.n_images),
+            ("done", summary.done), ("skipped", summary.skipped), ("failed", summary.failed),
+            ("regions", summary.regions), ("seconds", f"{summary.seconds:.1f}"),
+            ("results", summary.results), ("report", summary.report or "")]
+    md = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    if summary.failures:
+        md += "\n\n| failed image | error |\n|---|---|\n" + "\n".join(
+            f"| {i} | {e.replace('|', '/')} |" for i, e in summary.failures)
+    return f"## segpipe run {summary.run_id}\n\n{md}\n"
+
+
+@flow(name="archive-run", task_runner=ThreadPoolTaskRunner(max_workers=64), log_prints=False)
+def archive_run(source: str, results: str, model: str | None = None, config: str | None = None,
+                overrides: dict[str, Any] | None = None) -> RunSummary:
+    """Segment every new or changed image of an archive into a results folder.
+
+    Parameters
+    ----------
+    source : str
+        Archive folder, local or ``s3://bucket/prefix``.
+    results : str
+        Results folder, local or ``s3://``.
+    model : str, optional
+        Built-in model name or weights path; default: the config's ``infer.model``
+        (``nuclei``, or ``classical`` with a note when nuclei's weights are not installed).
+    config : str, optional
+        A TOML / YAML settings file.
+    overrides : dict, optional
+        Settings that win over file and environment, e.g. ``{"run.concurrency": 4}``.
+
+    Returns
+    -------
+    RunSummary
+    """
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    started = datetime.now(timezone.utc)
+    cfg = load_config(config, overrides)
+    ref = resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
+    if ref.fallback_note:
+        logger.warning(ref.fallback_note)
+    run_id = new_run_id()
+    results = str(results).rstrip("/")
+    with ResultsLock(results, owner=run_id, lease_s=cfg.run.lease_s) as lock:
+        tables.init_results(results)
+        items = discover_items(source, cfg)
+        states = tables.image_states(results)
+        to_run, to_skip = plan_run(items, states, ref, cfg)
+        logger.info("run %s: %d images, %d to segment, %d unchanged", run_id, len(items), len(to_run), len(to_skip))
+        tables.write_run_row(results, run_row(run_id, source, results, ref, cfg, "running", started,
+                                              n_images=len(items), n_skipped=len(to_skip)))
+        for row in skipped_rows(to_skip, states, run_id):
+            tables.write_image_row(results, row)
+        get_reporter().run_started(run_id, len(to_run), len(to_skip))
+        outcomes: list[ImageOutcome] = []
+        client = None
+        if to_run:
+            with open_client(cfg) as client:
+                get_reporter().cluster_started(client)
+                outcomes = run_images(to_run, results, ref, cfg, client, run_id, lock)
+        summary = summarise(run_id, source, results, ref, outcomes, len(items), len(to_skip), t0)
+        tables.write_run_row(results, run_row(run_id, source, results, ref, cfg, summary.status, started,
+                                              client=None, outcomes=outcomes, n_images=len(items),
+                                              n_skipped=len(to_skip)))
+        summary.report = _write_report(results, run_id, logger)
+    summary.seconds = time.perf_counter() - t0
+    create_markdown_artifact(_summary_markdown(summary), key="segpipe-run", description=f"segpipe run {run_id}")
+    for line in summary.lines():
+        logger.info(line)
+    return summary
+
+
+def _write_report(results: str, run_id: str, logger: Any) -> str | None:
+    try:
+        from segpipe.report import write_report
+    except ImportError:
+        logger.warning("no HTML report: segpipe.report is not available")
+        return None
+    try:
+        return str(write_report(results, run_id))
+    except Exception as exc:  # the run is committed already: a report problem is a warning
+        logger.warning("no HTML report: %s", one_line(exc))
+        return None

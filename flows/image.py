@@ -1,0 +1,83 @@
+"""One image as Prefect tasks: ingest → segment → publish, each retried on transient errors.
+
+The chunk work inside a stage goes to Dask through the engine; Prefect only sees the
+stages of an image (never a task per tile), and only in the flow process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
+from segpipe.config import SegpipeConfig
+from segpipe.pipeline import ImageOutcome, ModelRef, is_transient, one_line, process_image
+
+__all__ = ["run_stage", "segment_image"]
+
+
+def _transient(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Retry a stage only when its error is transient (S3 / OSError / lost worker)."""
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+@task(name="stage", cache_policy=NONE, retry_condition_fn=_transient)
+def run_stage(stage: str, image_id: str, thunk: Callable[[], Any]) -> Any:
+    """Run one stage of one image (the thunk calls the plain pipeline function)."""
+    get_run_logger().info("%s: %s", image_id, stage)
+    return thunk()
+
+
+def _artifact(outcome: ImageOutcome, results: str, run_id: str) -> None:
+    logger = get_run_logger()
+    overlay = None
+    if outcome.status == "done" and "://" not in results:
+        try:
+            from segpipe.show import render_overlay
+
+            overlay = render_overlay(results, outcome.image_id, f"{results}/reports/{run_id}/{outcome.image_id}.png",
+                                     max_size=512)
+        except Exception as exc:  # an overlay is a nicety: never fail the image for it
+            logger.warning("%s: no overlay PNG: %s", outcome.image_id, one_line(exc))
+    rows = [("status", outcome.status), ("regions", outcome.n_regions), ("seconds", f"{outcome.seconds:.1f}"),
+            ("labels", outcome.labels_uri or ""), ("overlay PNG", str(overlay or "")), ("error", outcome.error or "")]
+    rows += [(f"{k} (s)", f"{v:.1f}") for k, v in outcome.timings.items()]
+    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows)
+    key = "image-" + "".join(c if c.isalnum() else "-" for c in outcome.image_id.lower())[:60]
+    create_markdown_artifact(f"### {outcome.image_id}\n\n{table}\n", key=key.strip("-") or "image",
+                             description=f"segpipe image {outcome.image_id}")
+
+
+@task(name="segment-image", cache_policy=NONE, task_run_name="segment {image_id}")
+def segment_image(item: Any, image_id: str, results: str, model: ModelRef, config: SegpipeConfig,
+                  client: Any, run_id: str, storage_options: dict[str, Any] | None = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> ImageOutcome:
+    """Ingest, segment and publish one image (it fails alone: the outcome says how)."""
+    logger = get_run_logger()
+    retries, delay = config.run.retries, config.run.retry_delay_s
+
+    def stage_runner(stage: str, thunk: Callable[[], Any]) -> Any:
+        runner = run_stage.with_options(name=stage, retries=retries, retry_delay_seconds=delay,
+                                        task_run_name=f"{stage} {image_id}")
+        return runner(stage, image_id, thunk)
+
+    logger.info("%s: starting (%s)", image_id, getattr(item, "uri", item))
+    outcome = process_image(item, image_id, results, model, config, client, run_id,
+                            storage_options=storage_options, progress=progress, stage_runner=stage_runner)
+    if outcome.status == "failed":
+        logger.error("%s: failed: %s", image_id, outcome.error)
+    else:
+        logger.info("%s: %d regions in %.1f s", image_id, outcome.n_regions, outcome.seconds)
+    try:
+        _artifact(outcome, results, run_id)
+    except Exception as exc:
+        logger.warning("%s: no artifact: %s", image_id, one_line(exc))
+    return outcome

@@ -1,0 +1,40 @@
+"""Schedules: serve the archive run on a cron (needs a Prefect server)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flows import _env  # noqa: F401
+from flows.archive import archive_run
+from segpipe.errors import ConfigError
+
+__all__ = ["serve_archive"]
+
+
+def serve_archive(source: str, results: str, cron: str = "0 2 * * *", name: str = "nightly",
+                  model: str | None = None, config: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> None:
+    """Serve ``archive_run`` for one archive on ``cron`` until interrupted.
+
+    Raises
+    ------
+    ConfigError
+        No Prefect server configured (``PREFECT_API_URL``) or an invalid cron expression.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
+        raise ConfigError("segpipe serve needs a Prefect server: run `prefect server start` and set "
+                          "PREFECT_API_URL=http://127.0.0.1:4200/api (see deploy/README.md)")
+    try:
+        from croniter import croniter
+
+        if not croniter.is_valid(cron):
+            raise ConfigError(f"--cron {cron!r} is not a valid cron expression, e.g. '0 2 * * *'")
+    except ImportError:
+        pass
+    archive_run.serve(name=name, cron=cron,
+                      parameters={"source": source, "results": results, "model": model, "config": config,
+                                  "overrides": overrides or {}},
+                      description=f"segpipe: segment new images of {source} into {results}")

@@ -1,0 +1,363 @@
+"""Archive discovery, fingerprints and image ids.
+
+* :func:`discover` lists the images under a local folder or ``s3://bucket/prefix``
+  (recursively; a single file works too). A ``*.zarr`` directory is one image and is not
+  descended into. Names starting with ``.`` (``.DS_Store``, macOS ``._x.svs`` companions,
+  hidden folders) are skipped. Include / exclude are fnmatch globs on the relative path
+  (``*`` also crosses ``/``; a pattern without ``/`` is tried on the file name too),
+  case-insensitive. Results are sorted by relative path.
+* :func:`fingerprint` says whether an image changed: size + mtime (local) or size + ETag
+  (object stores), or the sha256 of the content when asked.
+* :func:`image_id_for` / :func:`assign_image_ids` turn relative paths into ids that are safe
+  as file names and in URLs: only ``[a-z0-9._-]``, never empty, never starting with ``.``
+  or containing ``/`` or ``..``, at most :data:`MAX_ID_LENGTH` characters. ``..`` and
+  absolute path parts are dropped, so an id never places anything outside ``RESULTS``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import posixpath
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from segpipe.errors import ConfigError
+from segpipe.io import url_to_fs
+
+__all__ = [
+    "ArchiveEntry",
+    "DEFAULT_INCLUDE",
+    "MAX_ID_LENGTH",
+    "discover",
+    "fingerprint",
+    "image_id_for",
+    "assign_image_ids",
+]
+
+#: Image files (and zarr directories) :func:`discover` picks up by default.
+DEFAULT_INCLUDE: tuple[str, ...] = (
+    "*.svs",
+    "*.ndpi",
+    "*.tif",
+    "*.tiff",
+    "*.ome.tif",
+    "*.ome.tiff",
+    "*.btf",
+    "*.png",
+    "*.jpg",
+    "*.jpeg",
+    "*.zarr",
+)
+#: Longest image id :func:`image_id_for` returns.
+MAX_ID_LENGTH = 96
+
+_STRIP_SUFFIXES = (
+    ".ome.tiff",
+    ".ome.tif",
+    ".ome.zarr",
+    ".svs",
+    ".ndpi",
+    ".tiff",
+    ".tif",
+    ".btf",
+    ".png",
+    ".jpeg",
+    ".jpg",
+    ".zarr",
+)
+_RESERVED = {
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"com{i}" for i in range(10)),
+    *(f"lpt{i}" for i in range(10)),
+}
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    """One image found in an archive.
+
+    Attributes
+    ----------
+    uri : str
+        Full path or URL of the image (a file, or a ``.zarr`` directory).
+    relpath : str
+        Path relative to the archive root, ``/``-separated.
+    size : int
+        Bytes (for a zarr directory: 0; :func:`fingerprint` lists it).
+    mtime : float or None
+        Modification time (seconds since the epoch) when the filesystem reports one.
+    etag : str or None
+        Object-store ETag when the filesystem reports one.
+    is_dir : bool
+        True for a zarr directory.
+    """
+
+    uri: str
+    relpath: str
+    size: int
+    mtime: float | None = None
+    etag: str | None = None
+    is_dir: bool = False
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _etag(info: dict[str, Any]) -> str | None:
+    value = info.get("ETag") or info.get("etag")
+    return str(value).strip('"') if value else None
+
+
+def _matches(relpath: str, patterns: Sequence[str]) -> bool:
+    rel = relpath.lower()
+    name = rel.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        pat = pattern.lower()
+        if fnmatch.fnmatchcase(rel, pat) or ("/" not in pat and fnmatch.fnmatchcase(name, pat)):
+            return True
+    return False
+
+
+def _join(root_uri: str, rel: str) -> str:
+    return f"{root_uri.rstrip('/')}/{rel}"
+
+
+def discover(
+    source: str,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> list[ArchiveEntry]:
+    """List the images under ``source`` (see module docstring for the rules).
+
+    Parameters
+    ----------
+    source : str
+        Local folder, ``s3://bucket/prefix``, or a single image file / zarr directory.
+    include, exclude : sequence of str, optional
+        fnmatch globs on the relative path; ``include`` defaults to :data:`DEFAULT_INCLUDE`.
+    storage_options : dict, optional
+        fsspec options for remote sources.
+
+    Returns
+    -------
+    list of ArchiveEntry
+        Sorted by ``relpath``.
+
+    Raises
+    ------
+    ConfigError
+        When ``source`` does not exist.
+    """
+    include = tuple(include) if include else DEFAULT_INCLUDE
+    exclude = tuple(exclude or ())
+    fs, root = url_to_fs(source, storage_options)
+    try:
+        info = fs.info(root)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"archive source {source!r} does not exist; check the path or URL"
+        ) from exc
+    source = str(source)
+    if info.get("type") != "directory" or root.lower().rstrip("/").endswith(".zarr"):
+        name = root.rstrip("/").rsplit("/", 1)[-1]
+        is_dir = info.get("type") == "directory"
+        return [
+            ArchiveEntry(
+                source.rstrip("/"),
+                name,
+                int(info.get("size") or 0) if not is_dir else 0,
+                _mtime(info),
+                _etag(info),
+                is_dir,
+            )
+        ]
+    root = root.rstrip("/")
+    entries: list[ArchiveEntry] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        for item in fs.ls(folder, detail=True):
+            path = str(item["name"]).rstrip("/")
+            if path == folder:
+                continue
+            base = path.rsplit("/", 1)[-1]
+            if base.startswith("."):
+                continue
+            rel = posixpath.relpath(path, root) if root else path
+            is_dir = item.get("type") == "directory"
+            if is_dir and not base.lower().endswith(".zarr"):
+                stack.append(path)
+                continue
+            if not _matches(rel, include) or _matches(rel, exclude):
+                continue
+            entries.append(
+                ArchiveEntry(
+                    _join(source, rel),
+                    rel,
+                    0 if is_dir else int(item.get("size") or 0),
+                    _mtime(item),
+                    _etag(item),
+                    is_dir,
+                )
+            )
+    return sorted(entries, key=lambda e: e.relpath)
+
+
+def fingerprint(
+    entry: ArchiveEntry, content_hash: bool = False, storage_options: dict[str, Any] | None = None
+) -> str:
+    """A string that changes when the image changes.
+
+    Parameters
+    ----------
+    entry : ArchiveEntry
+        From :func:`discover`.
+    content_hash : bool
+        Hash the content (sha256) instead of trusting size + mtime / ETag.
+    storage_options : dict, optional
+        fsspec options for remote archives.
+
+    Returns
+    -------
+    str
+        ``"size=…;mtime=…"``, ``"size=…;etag=…"`` or ``"sha256:…"``; for a zarr directory the
+        same computed over all its files.
+    """
+    fs, path = url_to_fs(entry.uri, storage_options)
+    if entry.is_dir:
+        files = sorted(fs.find(path, detail=True).items())
+        if content_hash:
+            digest = hashlib.sha256()
+            for name, _ in files:
+                digest.update(posixpath.relpath(name, path).encode() + b"\0")
+                digest.update(_sha256(fs, name).encode())
+            return f"sha256:{digest.hexdigest()}"
+        size = sum(int(i.get("size") or 0) for _, i in files)
+        stamps = [_etag(i) or f"{_mtime(i)}" for _, i in files]
+        listing = hashlib.sha256(
+            "\n".join(f"{n}:{s}" for (n, _), s in zip(files, stamps, strict=True)).encode()
+        )
+        return f"size={size};files={len(files)};list={listing.hexdigest()[:16]}"
+    if content_hash:
+        return f"sha256:{_sha256(fs, path)}"
+    if entry.etag:
+        return f"size={entry.size};etag={entry.etag}"
+    return f"size={entry.size};mtime={entry.mtime!r}"
+
+
+def _sha256(fs: Any, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- image ids
+def _short_hash(relpath: str, n: int = 8) -> str:
+    return hashlib.sha256(relpath.encode("utf-8", "surrogatepass")).hexdigest()[:n]
+
+
+def _parts(relpath: str) -> list[str]:
+    """Path components without empty, ``.``, ``..`` parts and drive letters."""
+    parts = re.split(r"[/\\]+", str(relpath))
+    return [p for p in parts if p not in ("", ".", "..") and not re.fullmatch(r"[A-Za-z]:", p)]
+
+
+def _strip_suffix(name: str) -> str:
+    low = name.lower()
+    for suffix in _STRIP_SUFFIXES:
+        if low.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _raw_id(relpath: str) -> str:
+    parts = _parts(relpath)
+    if parts:
+        parts[-1] = _strip_suffix(parts[-1])
+    return "_".join(parts)
+
+
+def image_id_for(relpath: str) -> str:
+    """Stable, file-name- and URL-safe id for an image at ``relpath`` in its archive.
+
+    Lowercase ASCII (accents folded), separators and other characters become ``_``, the
+    image suffix is dropped, ``..`` / absolute parts are removed; too long or empty results
+    get a short hash of ``relpath``.
+
+    >>> image_id_for("slides/a b.svs")
+    'slides_a_b'
+    >>> image_id_for("../../etc/x.tif")
+    'etc_x'
+    >>> image_id_for("Ünïcode/Ça.ome.tiff")
+    'unicode_ca'
+    """
+    text = unicodedata.normalize("NFKD", _raw_id(relpath))
+    text = text.encode("ascii", "ignore").decode("ascii").lower()
+    text = re.sub(r"[^a-z0-9._-]+", "_", text)
+    text = re.sub(r"\.{2,}", ".", text)
+    text = re.sub(r"_{2,}", "_", text).strip("._-")
+    if not text:
+        return f"image-{_short_hash(relpath)}"
+    if text in _RESERVED:
+        text = f"{text}_"
+    if len(text) > MAX_ID_LENGTH:
+        text = f"{text[: MAX_ID_LENGTH - 9].rstrip('._-')}-{_short_hash(relpath)}"
+    return text
+
+
+def assign_image_ids(relpaths: Iterable[str]) -> dict[str, str]:
+    """Unique ids for all ``relpaths``; collisions resolved deterministically.
+
+    When several paths map to the same :func:`image_id_for`, the one whose id is an exact
+    (lossless) rendering of its path keeps it — preferring an all-lowercase path, then the
+    smallest — and every other gets
+    ``-<hash>`` of its own relpath appended, so adding a case- or accent-variant of a name
+    never renames the plain one.
+
+    >>> assign_image_ids(["a.tif", "A.tif"])
+    {'A.tif': 'a-bfbb6197', 'a.tif': 'a'}
+    """
+    paths = sorted(set(relpaths))
+    groups: dict[str, list[str]] = {}
+    for rel in paths:
+        groups.setdefault(image_id_for(rel), []).append(rel)
+    result: dict[str, str] = {}
+    taken = set(groups)
+    for base, members in groups.items():
+        if len(members) == 1:
+            result[members[0]] = base
+            continue
+        members.sort(key=lambda r: (_strip_suffix(r).replace("/", "_") != base, r != r.lower(), r))
+        result[members[0]] = base
+        for rel in members[1:]:
+            n = 8
+            while True:
+                stem = base[: MAX_ID_LENGTH - n - 1].rstrip("._-")
+                candidate = f"{stem}-{_short_hash(rel, n)}"
+                if candidate not in taken:
+                    break
+                n += 4
+            taken.add(candidate)
+            result[rel] = candidate
+    return dict(sorted(result.items()))

@@ -1,0 +1,395 @@
+"""The ``segpipe`` command: typer app and its commands.
+
+Heavy modules (torch, dask, prefect through ``flows``) are imported inside the commands so
+that ``segpipe --help`` is instant. Every :class:`~segpipe.errors.SegpipeError` becomes one
+red line on stderr and exit status 1 (2 for usage errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from segpipe.errors import ConfigError, SegpipeError
+
+__all__ = ["app", "main"]
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    name="segpipe",
+    help="Segment whole archives of very large images into OME-Zarr label masks and Parquet tables.\n\n"
+         "Start with `segpipe demo`, then `segpipe run ARCHIVE --out RESULTS` and "
+         "`segpipe query RESULTS \"select count(*) from regions\"`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class Fmt(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+class Kind(str, Enum):
+    nuclei = "nuclei"
+    tissue = "tissue"
+    defects = "defects"
+    mixed = "mixed"
+
+
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Built-in model (see `segpipe models`) or a weights file with its .json card. Default: nuclei.")]
+ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="Dask scheduler address, e.g. tcp://host:8786 (or SEGPIPE_DASK_ADDRESS). Default: a local cluster.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (.toml or .yaml); see docs for the keys.")]
+IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only images whose relative path matches this glob (repeatable).")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Leave out images matching this glob (repeatable).")]
+
+
+def _prefect_quiet(verbose: bool) -> None:
+    import logging
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        for name in ("distributed", "prefect", "segpipe"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v not in (None, [], ())}
+
+
+def _check_free(results: str) -> None:
+    """Fail fast (before Prefect starts) when another run holds the results lock."""
+    from segpipe.errors import ResultsLockedError
+    from segpipe.lock import read_lock
+
+    info = read_lock(results)
+    if info is not None and not info.dead():
+        raise ResultsLockedError(info.describe(results))
+
+
+def _run_archive(source: str, results: str, model: str | None, config: Path | None,
+                 overrides: dict[str, Any], verbose: bool) -> Any:
+    from segpipe.config import load_config
+
+    load_config(config, overrides)  # every settings problem is reported before any work
+    _check_free(results)
+    _prefect_quiet(verbose)
+    from flows import archive_run, set_reporter
+    from segpipe.cli._progress import LineReporter, RichReporter, make_reporter
+
+    reporter = make_reporter()
+    set_reporter(reporter)
+    try:
+        if isinstance(reporter, RichReporter):
+            with reporter:
+                summary = archive_run(source, results, model=model, config=str(config) if config else None,
+                                      overrides=overrides)
+        else:
+            assert isinstance(reporter, LineReporter)
+            summary = archive_run(source, results, model=model, config=str(config) if config else None,
+                                  overrides=overrides)
+    finally:
+        set_reporter(None)
+    return summary
+
+
+def _print_summary(summary: Any) -> None:
+    if summary.note:
+        out.print(f"note: {summary.note}", style="yellow")
+    for i, line in enumerate(summary.lines()):
+        out.print(line, style="red" if i else None, markup=False)
+    out.print(f"results: {summary.results}", markup=False)
+    if summary.report:
+        out.print(f"report:  {summary.report}", markup=False)
+
+
+@app.command()
+def run(
+    source: Annotated[str, typer.Argument(help="Archive folder: a local path or s3://bucket/prefix.")],
+    results: Annotated[str, typer.Option("--out", "-o", help="Results folder (local or s3://).")],
+    model: ModelOpt = None,
+    cluster: ClusterOpt = None,
+    config: ConfigOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-j", min=1, help="Images processed at once.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes of the local Dask cluster.")] = None,
+    content_hash: Annotated[bool | None, typer.Option("--content-hash/--no-content-hash", help="Fingerprint images by content, not size + mtime.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's log lines too.")] = False,
+) -> None:
+    """Segment every new or changed image of an archive into RESULTS.
+
+    Unchanged images (same file, model and settings) are skipped, so running it every
+    night only does new work. Exit status 1 when an image failed (the others are done).
+
+    Example: segpipe run /data/slides --out /data/results --model nuclei --concurrency 2
+    """
+    overrides = _overrides(**{"run.cluster": cluster, "run.include": include, "run.exclude": exclude,
+                              "run.concurrency": concurrency, "run.n_workers": workers,
+                              "run.content_hash": content_hash})
+    summary = _run_archive(source, results, model, config, overrides, verbose)
+    _print_summary(summary)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option("--dir", help="Where the demo archive and results go.")] = Path("segpipe-demo"),
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of synthetic images.")] = 3,
+    size: Annotated[int, typer.Option("--size", min=256, help="Side of the synthetic images (pixels).")] = 1536,
+    model: ModelOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Make a small synthetic archive and run the whole pipeline on it (a couple of minutes).
+
+    Uses a local Dask cluster and Prefect's ephemeral mode: nothing to start first.
+
+    Example: segpipe demo --dir /tmp/segpipe-demo
+    """
+    from segpipe import models as _models
+
+    archive, results = folder / "archive", folder / "results"
+    if not archive.exists() or not any(archive.iterdir()):
+        out.print(f"making a synthetic archive of {n} images in {archive} …")
+        _make_archive(archive, "mixed", n, size, 0)
+    chosen = model
+    if chosen is None:
+        chosen = "nuclei"
+        if not _models.is_installed("nuclei"):
+            chosen = "classical"
+            out.print("note: the nuclei model's weights are not installed yet; the demo uses the "
+                      "'classical' model instead", style="yellow")
+    summary = _run_archive(str(archive), str(results), chosen, None, {"run.concurrency": 2}, verbose)
+    _print_summary(summary)
+    out.print("try:", style="bold")
+    out.print(f'  segpipe query {results} "select image_id, class, count(*) as n, avg(area_px) as mean_area '
+              'from regions group by all order by all"', markup=False)
+    out.print(f"  segpipe show {results} <image_id> --out overlay.png", markup=False)
+
+
+def _make_archive(folder: Path, kind: str, n: int, size: int, seed: int) -> Any:
+    from segpipe.synthetic import make_archive
+
+    try:
+        return make_archive(folder, kind=kind, n=n, size=size, seed=seed)
+    except TypeError:  # older signature without kind
+        return make_archive(folder, n=n, size=size, seed=seed)
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="Archive folder or one image (local or s3://).")],
+    results: Annotated[str, typer.Option("--out", "-o", help="Results folder.")],
+    config: ConfigOpt = None,
+    cluster: ClusterOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+) -> None:
+    """Convert images to OME-Zarr pyramids under RESULTS/images/ without segmenting them.
+
+    Example: segpipe ingest /data/slides --out /data/results
+    """
+    from segpipe.config import load_config
+    from segpipe.pipeline import discover_items, ingest_stage, open_client
+
+    cfg = load_config(config, _overrides(**{"run.cluster": cluster, "run.include": include, "run.exclude": exclude}))
+    items = discover_items(source, cfg)
+    if not items:
+        raise ConfigError(f"{source}: no images found (check --include / --exclude)")
+    with open_client(cfg) as client:
+        for item in items:
+            meta = ingest_stage(item.uri, item.image_id, results, cfg, client)
+            levels = getattr(meta, "levels", [])
+            out.print(f"{item.image_id}: {getattr(meta, 'zarr_url', '')} ({len(levels)} levels)", markup=False)
+
+
+@app.command()
+def synth(
+    folder: Annotated[Path, typer.Argument(help="Folder to write the synthetic archive into.")],
+    kind: Annotated[Kind, typer.Option("--kind", help="nuclei (slides), tissue, defects (industrial) or mixed.")] = Kind.mixed,
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 4,
+    size: Annotated[int, typer.Option("--size", min=64, help="Image side in pixels.")] = 2048,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same images).")] = 0,
+) -> None:
+    """Write a synthetic archive (images + ground truth) for trying segpipe out.
+
+    Example: segpipe synth /tmp/archive --kind nuclei --n 4 --size 4096
+    """
+    info = _make_archive(folder, kind.value, n, size, seed)
+    out.print(f"wrote {n} {kind.value} image(s) to {folder}", markup=False)
+    if info is not None and getattr(info, "truth", None):
+        out.print(f"ground truth: {info.truth}", markup=False)
+
+
+@app.command()
+def query(
+    results: Annotated[str, typer.Argument(help="Results folder (local or s3://).")],
+    sql: Annotated[str, typer.Argument(help="DuckDB SQL over the views regions, images, images_latest, runs.")],
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.table,
+    output: Annotated[str | None, typer.Option("--output", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Query the results tables with SQL (DuckDB).
+
+    Example: segpipe query results "select image_id, count(*) from regions group by 1"
+    """
+    from segpipe.tables import run_query
+
+    run_query(results, sql, fmt=fmt.value, output=output)
+
+
+@app.command()
+def serve(
+    source: Annotated[str, typer.Argument(help="Archive folder (local or s3://).")],
+    results: Annotated[str, typer.Option("--out", "-o", help="Results folder.")],
+    cron: Annotated[str, typer.Option("--cron", help="When to run, as a cron expression (UTC).")] = "0 2 * * *",
+    name: Annotated[str, typer.Option("--name", help="Deployment name.")] = "nightly",
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the archive on a schedule (Prefect `serve`; needs a Prefect server).
+
+    Start a server first (`prefect server start`) and set PREFECT_API_URL.
+
+    Example: segpipe serve /data/slides --out /data/results --cron "0 2 * * *"
+    """
+    from segpipe.config import load_config
+
+    load_config(config, {})
+    _prefect_quiet(False)
+    from flows.schedule import serve_archive
+
+    out.print(f"serving archive-run/{name} on cron {cron!r}; stop with Ctrl-C", markup=False)
+    serve_archive(source, results, cron=cron, name=name, model=model, config=str(config) if config else None)
+
+
+@app.command()
+def train(
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write (.safetensors); its card goes beside it.")],
+    recipe: Annotated[str | None, typer.Option("--recipe", help="Built-in recipe: nuclei or defects.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Training data: image/mask folder, .ome.zarr, or synthetic:nuclei.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Optimizer steps.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda …")] = None,
+) -> None:
+    """Train a model (delegates to segpipe.train).
+
+    Example: segpipe train --recipe nuclei --steps 2000 --out my-nuclei.safetensors
+    """
+    try:
+        import segpipe.train as _train
+    except ImportError as exc:
+        raise ConfigError(f"training is not available in this install ({exc})") from None
+    values = _overrides(data=data, steps=steps, device=device)
+    values["out"] = out_path
+    cfg = _train.preset_config(recipe, **values) if recipe else _train.TrainConfig(**values)
+    result = _train.train(cfg)
+    out.print(f"weights: {result.weights}\ncard:    {result.card}\nsteps:   {result.steps}", markup=False)
+    for k, v in result.best_metrics.items():
+        out.print(f"  {k}: {v:.4g}", markup=False)
+
+
+@app.command()
+def evaluate(
+    results: Annotated[str, typer.Argument(help="Results folder of a run.")],
+    truth: Annotated[str, typer.Option("--truth", help="Folder of ground-truth masks (<relpath>.labels.tif).")],
+) -> None:
+    """Compare a run's labels with ground-truth masks (delegates to segpipe.train).
+
+    Example: segpipe evaluate results --truth archive-truth/
+    """
+    try:
+        from segpipe.train import evaluate_run
+    except ImportError as exc:
+        raise ConfigError(f"evaluation is not available in this install ({exc})") from None
+    try:
+        metrics = evaluate_run(results, truth)
+    except NotImplementedError:
+        raise ConfigError("segpipe evaluate is not implemented yet in segpipe.train.evaluate_run") from None
+    if hasattr(metrics, "to_pylist") or hasattr(metrics, "column_names"):
+        from segpipe.tables import render_table
+
+        out.print(render_table(metrics))
+        return
+    items = metrics.items() if isinstance(metrics, dict) else vars(metrics).items()
+    for k, v in items:
+        out.print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}", markup=False)
+
+
+def _region(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        y0, x0, y1, x1 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter("expected four integers y0,x0,y1,x1", param_hint="--region") from None
+    return y0, x0, y1, x1
+
+
+@app.command()
+def show(
+    results: Annotated[str, typer.Argument(help="Results folder.")],
+    image_id: Annotated[str, typer.Argument(help="Image id (see `segpipe query RESULTS \"select image_id from images_latest\"`).")],
+    region: Annotated[str | None, typer.Option("--region", help="Level-0 crop y0,x0,y1,x1 drawn at full resolution.")] = None,
+    png: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default <image_id>.png).")] = None,
+) -> None:
+    """Draw an image with its label contours coloured by class into a PNG.
+
+    Example: segpipe show results slide-01 --region 0,0,1024,1024 --out crop.png
+    """
+    from segpipe.show import render_overlay
+
+    path = render_overlay(results, image_id, png or Path(f"{image_id}.png"), region=_region(region))
+    out.print(f"wrote {path}", markup=False)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the built-in models, their task, classes and whether they are installed.
+
+    Example: segpipe models
+    """
+    from rich.table import Table
+
+    from segpipe import models as _models
+
+    table = Table("name", "task", "classes", "µm/px", "halo", "installed", title="built-in models")
+    notes = []
+    for name, card in sorted(_models.BUILTIN_CARDS.items()):
+        installed = _models.is_installed(name)
+        table.add_row(name, card.task, ", ".join(card.classes[1:]), "any" if card.mpp is None else f"{card.mpp:g}",
+                      str(card.halo), "yes" if installed else "no")
+        notes.append(f"{name}: {getattr(card, 'description', '')}")
+    out.print(table)
+    for line in notes:
+        out.print(line, markup=False)
+    out.print("A model that is not installed can be trained: segpipe train --recipe NAME --out FILE", markup=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: exit 1 on a SegpipeError (one red line), 2 on a usage error."""
+    try:
+        app(args=argv, prog_name="segpipe")  # click's standalone mode: usage errors exit 2
+    except SegpipeError as exc:
+        err.print(f"error: {' '.join(str(exc).split())}", style="red", markup=False)
+        sys.exit(1)
+    except Exception as exc:  # a bug or the environment (e.g. Prefect could not start)
+        if os.environ.get("SEGPIPE_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())[:400]
+        err.print(f"error: {type(exc).__name__}: {text} (set SEGPIPE_DEBUG=1 for the traceback)",
+                  style="red", markup=False)
+        sys.exit(1)

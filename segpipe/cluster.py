@@ -1,0 +1,198 @@
+"""Connect to a Dask cluster, or start a local one sized to this machine.
+
+The address comes from the argument or ``SEGPIPE_DASK_ADDRESS`` (a scheduler started with
+``dask scheduler`` / dask-jobqueue / dask-kubernetes). Without one, a
+``distributed.LocalCluster`` is started that the returned client owns (closing the client
+closes it):
+
+* **CPU machine** — one worker process per 2 cores (at least 1), 2 threads each, so the
+  threads together match the cores; memory split evenly ("auto").
+* **machine with CUDA GPUs** — one single-threaded worker process per GPU, each with
+  ``resources={"GPU": 1}`` and its own ``CUDA_VISIBLE_DEVICES`` (set by a worker plugin
+  before any task imports torch), so GPU tasks submitted with ``resources={"GPU": 1}``
+  spread one per card.
+
+GPUs are counted without importing torch (``CUDA_VISIBLE_DEVICES`` / ``nvidia-smi -L``;
+torch is only asked when something already imported it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from distributed import Client
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from segpipe.errors import ConfigError
+
+__all__ = ["connect", "cluster_client", "has_gpu_workers", "count_gpus", "ADDRESS_ENV"]
+
+#: Environment variable naming the scheduler address to connect to.
+ADDRESS_ENV = "SEGPIPE_DASK_ADDRESS"
+
+
+def _visible_devices() -> list[str] | None:
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    value = value.strip()
+    if value in ("", "-1"):
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def count_gpus() -> int:
+    """Number of CUDA GPUs this process may use (0 when none), without importing torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            return int(torch.cuda.device_count())
+        except Exception:
+            return 0
+    visible = _visible_devices()
+    if visible is not None and not visible:
+        return 0
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    found = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    return min(found, len(visible)) if visible is not None else found
+
+
+class PinGPU(WorkerPlugin):
+    """Give worker ``i`` of a local GPU cluster the ``i``-th visible GPU."""
+
+    name = "segpipe-pin-gpu"
+
+    def __init__(self, devices: list[str]) -> None:
+        self.devices = devices
+
+    def setup(self, worker: Any) -> None:
+        try:
+            index = int(str(worker.name).rsplit("-", 1)[-1])
+        except ValueError:
+            index = abs(hash(worker.name))
+        os.environ["CUDA_VISIBLE_DEVICES"] = self.devices[index % len(self.devices)]
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+def connect(
+    address: str | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    *,
+    processes: bool = True,
+    dashboard_address: str | None = ":0",
+    timeout: str = "20s",
+) -> Client:
+    """Return a Dask client: to ``address`` / ``$SEGPIPE_DASK_ADDRESS``, else a local cluster.
+
+    Parameters
+    ----------
+    address : str, optional
+        Scheduler address, e.g. ``tcp://host:8786``. Falls back to ``SEGPIPE_DASK_ADDRESS``.
+    n_workers, threads_per_worker, memory_limit : optional
+        Local cluster size (defaults: see module docstring); ignored with an address.
+    processes : bool
+        Local workers as processes (default) or threads of this process.
+    dashboard_address : str or None
+        Where the local dashboard listens (``":0"`` = a free port, None = no dashboard);
+        ``client.dashboard_link`` gives its URL.
+    timeout : str
+        How long to try reaching a scheduler at ``address``.
+
+    Returns
+    -------
+    distributed.Client
+        Close it with ``client.close()`` (also stops a cluster it started), or use
+        :func:`cluster_client`.
+
+    Raises
+    ------
+    ConfigError
+        When the scheduler at the address cannot be reached.
+    """
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address:
+        try:
+            return Client(address, timeout=timeout)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at {address!r} ({exc}); start it or fix "
+                f"--cluster / {ADDRESS_ENV}"
+            ) from exc
+    cores = _cpu_count()
+    n_gpus = count_gpus()
+    kwargs: dict[str, Any] = {}
+    if n_gpus:
+        kwargs["resources"] = {"GPU": 1}
+        n_workers = n_workers or n_gpus
+        threads_per_worker = threads_per_worker or 1
+    else:
+        n_workers = n_workers or max(1, cores // 2)
+        threads_per_worker = threads_per_worker or max(1, min(2, cores // n_workers))
+    if memory_limit is not None:
+        kwargs["memory_limit"] = memory_limit
+    client = Client(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        processes=processes,
+        dashboard_address=dashboard_address,
+        **kwargs,
+    )
+    if n_gpus and processes:
+        visible = _visible_devices() or [str(i) for i in range(n_gpus)]
+        client.register_plugin(PinGPU(visible[:n_gpus]))
+    return client
+
+
+@contextmanager
+def cluster_client(
+    address: str | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    *,
+    processes: bool = True,
+    dashboard_address: str | None = ":0",
+) -> Iterator[Client]:
+    """:func:`connect` as a context manager; the client (and a cluster it started) close on exit.
+
+    >>> with cluster_client(n_workers=1, dashboard_address=None) as client:  # doctest: +SKIP
+    ...     print(client.dashboard_link)
+    """
+    client = connect(
+        address,
+        n_workers,
+        threads_per_worker,
+        memory_limit,
+        processes=processes,
+        dashboard_address=dashboard_address,
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def has_gpu_workers(client: Client) -> bool:
+    """True when at least one worker of ``client``'s cluster offers a ``GPU`` resource."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return any(float((w.get("resources") or {}).get("GPU", 0)) > 0 for w in workers.values())

@@ -1,0 +1,467 @@
+"""Segment an ingested OME-Zarr image block by block on Dask — the thin adapter.
+
+:func:`segment_image` runs the two passes of :mod:`segpipe.stitch` as plain Dask tasks
+(``client.submit``), or as the same functions in a loop in this process without a client:
+
+1. **Once per image** (driver): metadata; normalisation statistics from the pyramid level
+   closest to 2k px (:func:`segpipe.normalize.image_stats` — never per block); tissue
+   mask from the same level (:func:`segpipe.tissue.tissue_mask`) → blocks worth
+   processing. Background blocks are never read at full resolution nor predicted: their
+   labels stay 0, which zarr stores as nothing.
+2. **Pass 1** (one task per block = shard, else chunk): read core + halo from the store,
+   :func:`segpipe.predict.segment_window`, write provisional core ids to a temporary
+   array, measure the core (:func:`segpipe.regions.partial_stats`, with the window's
+   level-0 pixels already in memory, so the image is read only once), return the border
+   record (small); the partial stays on the worker.
+3. **Plan** (driver): :func:`segpipe.stitch.plan` — offsets + small remaps.
+4. **Pass 2** (one task per block with objects): provisional → final ids written to
+   ``labels/<name>/0``; the block's partial is relabelled the same way; partials are
+   merged by label in a tree of tasks and finalised into region columns.
+
+Tasks take the store URL, the block index, the grid, the model name and the statistics —
+never arrays — and load the model once per worker process (``load_model`` caches it).
+Pass-1 tasks ask for ``resources={"GPU": 1}`` when the cluster has GPU workers
+(annotations around array graphs are dropped, dask/dask#7036, so it is given at submit).
+
+Resolution: when the image's µm/px and the card's differ by more than 10 %, pass 1 runs
+``segment_window(..., scale=image_mpp / card.mpp)`` on level-0 pixels (resampled on a grid
+shared by all windows); choosing a closer pyramid level instead is not done yet.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from segpipe.errors import ConfigError
+from segpipe.regions import Partial, finalize, merge_partials, partial_stats
+from segpipe.stitch import CONNECTIVITY, BlockRecord, apply_relabel, plan, provisional_block
+from segpipe.tiling import BlockGrid
+
+if TYPE_CHECKING:
+    from segpipe.models import Model
+    from segpipe.normalize import ImageStats
+
+__all__ = ["SegmentResult", "segment_image", "segment_array", "default_halo", "STATS_SIDE"]
+
+#: Long side (px) of the pyramid level used for normalisation statistics and the tissue mask.
+STATS_SIDE = 2048
+_TMP_PREFIX = "_segpipe_tmp_"
+_MERGE_FANIN = 16
+
+
+def __getattr__(name: str) -> Any:
+    if name == "segment_array":  # the in-memory path lives with the models (segpipe.predict)
+        from segpipe.predict import segment_array
+
+        return segment_array
+    raise AttributeError(f"module 'segpipe.infer' has no attribute {name!r}")
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment_image` did.
+
+    Attributes
+    ----------
+    labels_url : str
+        ``<zarr_url>/labels/<label_name>`` (level ``0`` and its pyramid).
+    classes_url : str or None
+        ``<zarr_url>/labels/<label_name>-classes`` for semantic models (uint8 class map).
+    columns : dict of str to ndarray
+        Region columns (:data:`segpipe.regions.COLUMNS`), one row per label.
+    n_regions : int
+    blocks_total, blocks_processed, blocks_skipped : int
+        Blocks in the grid, segmented, and skipped as background.
+    block, halo : int
+        Core size and halo of a block (level-0 px).
+    scale : float
+        Model px per image px passed to ``segment_window``.
+    timings : dict of str to float
+        Seconds per step (``prepare``, ``pass1``, ``plan``, ``pass2``, ``pyramid``, ``total``).
+    stats : ImageStats
+        The normalisation statistics every block used.
+    processed : list of (int, int)
+        The blocks that were segmented, in raster order.
+    """
+
+    labels_url: str
+    classes_url: str | None
+    columns: dict[str, np.ndarray]
+    n_regions: int
+    blocks_total: int
+    blocks_processed: int
+    blocks_skipped: int
+    block: int
+    halo: int
+    scale: float
+    label_name: str
+    model: str
+    timings: dict[str, float] = field(default_factory=dict)
+    stats: ImageStats | None = None
+    processed: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a block task needs, all small and picklable."""
+
+    image_url: str  # level-0 array
+    tmp_url: str
+    labels_url: str  # level-0 array
+    classes_url: str | None
+    grid: BlockGrid
+    stats: ImageStats
+    modality: str
+    scale: float
+    semantic: bool
+    storage_options: dict[str, Any] | None
+    connectivity: int = CONNECTIVITY
+
+
+def default_halo(card_halo: int, scale: float = 1.0) -> int:
+    """Halo (level-0 px) for a model whose card asks for ``card_halo`` px at its resolution.
+
+    ``card_halo / scale`` level-0 pixels give every core pixel its receptive field; one
+    more pixel lets stitching see each core edge pixel's outside neighbour, and two more
+    cover linear resampling when ``scale != 1``. See :mod:`segpipe.tiling` for why the
+    halo must also cover the largest object to be reproduced exactly.
+    """
+    extra = 1 if scale == 1.0 else 3
+    return max(2, math.ceil(card_halo / scale) + extra)
+
+
+# ----------------------------------------------------------------------------- tasks
+def _open_array(url: str, storage_options: dict[str, Any] | None, mode: str = "r") -> Any:
+    import zarr
+
+    from segpipe.io import zarr_store
+
+    return zarr.open_array(store=zarr_store(url, storage_options, read_only=mode == "r"), mode=mode)
+
+
+def _read_window(job: _Job, block: tuple[int, int]) -> np.ndarray:
+    y0, x0, y1, x1 = job.grid.window(block)
+    return np.asarray(_open_array(job.image_url, job.storage_options)[:, y0:y1, x0:x1])
+
+
+def _pass1(
+    job: _Job, block: tuple[int, int], model: Any, raw: np.ndarray | None = None
+) -> tuple[BlockRecord, Partial]:
+    """Segment one window, write provisional core ids, return its record and partial."""
+    from segpipe.predict import segment_window
+
+    grid = job.grid
+    wy0, wx0, _, _ = grid.window(block)
+    if raw is None:
+        raw = _read_window(job, block)
+    seg = segment_window(model, raw, job.stats, (wy0, wx0), job.modality, job.scale)
+    classes = seg.classes if job.semantic else None
+    core_ids, record, window_ids = provisional_block(
+        seg.labels, grid, block, classes, job.connectivity
+    )
+    y0, x0, y1, x1 = grid.core(block)
+    if record.count:
+        _open_array(job.tmp_url, job.storage_options, "r+")[y0:y1, x0:x1] = core_ids
+        if job.classes_url is not None and seg.classes is not None:
+            cls = seg.classes[grid.core_in_window(block)].astype(np.uint8)
+            _open_array(job.classes_url, job.storage_options, "r+")[y0:y1, x0:x1] = cls
+    part = partial_stats(
+        seg.labels, raw, (wy0, wx0), seg.classes, core=grid.core_in_window(block)
+    )
+    provisional = np.searchsorted(window_ids, part.label).astype(np.uint32) + 1
+    return record, part.relabel(provisional)
+
+
+def _pass2(
+    job: _Job, block: tuple[int, int], offset: int, remap: dict[int, int], part: Partial
+) -> Partial:
+    """Write final ids of one block; return its partial under final ids."""
+    y0, x0, y1, x1 = job.grid.core(block)
+    provisional = _open_array(job.tmp_url, job.storage_options)[y0:y1, x0:x1]
+    final = apply_relabel(provisional, offset, remap)
+    _open_array(job.labels_url, job.storage_options, "r+")[y0:y1, x0:x1] = final
+    return part.relabel(apply_relabel(part.label, offset, remap))
+
+
+# ---------------------------------------------------------------------------- driver
+def _pick_level(levels: Sequence[tuple[int, int]]) -> int:
+    """The largest pyramid level whose long side is at most :data:`STATS_SIDE`."""
+    for i, shape in enumerate(levels):
+        if max(shape) <= STATS_SIDE:
+            return i
+    return len(levels) - 1
+
+
+def _select(
+    blocks: str | Iterable[tuple[int, int]] | None,
+    grid: BlockGrid,
+    thumb: np.ndarray,
+    modality: str,
+) -> list[tuple[int, int]]:
+    if isinstance(blocks, str):
+        if blocks != "all":
+            raise ConfigError(f"blocks={blocks!r}: use None (tissue mask), 'all' or a list of (by, bx)")
+        return list(grid.blocks())
+    if blocks is not None:
+        chosen = sorted({(int(b[0]), int(b[1])) for b in blocks})
+        bad = [b for b in chosen if not grid.contains(b)]
+        if bad:
+            raise ConfigError(f"blocks {bad[:3]} are outside the {grid.grid_shape} block grid")
+        return chosen
+    from segpipe.tissue import select_blocks, tissue_mask
+
+    mask = tissue_mask(thumb, modality)
+    return sorted((int(b[0]), int(b[1])) for b in select_blocks(mask, grid.shape, grid.block[0]))
+
+
+def _has_gpu(client: Any) -> bool:
+    from segpipe.cluster import has_gpu_workers
+
+    return bool(has_gpu_workers(client))
+
+
+def _run_local(
+    job: _Job, todo: list[tuple[int, int]], model: Any, tick: Callable[[], None]
+) -> tuple[list[BlockRecord], dict[tuple[int, int], Partial], Callable[..., Any]]:
+    """Pass 1 in this process; the next window is read in a thread while one is segmented."""
+    records, parts = [], {}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(_read_window, job, todo[0]) if todo else None
+        for i, block in enumerate(todo):
+            raw = nxt.result()  # type: ignore[union-attr]
+            if i + 1 < len(todo):
+                nxt = pool.submit(_read_window, job, todo[i + 1])
+            record, part = _pass1(job, block, model, raw)
+            records.append(record)
+            parts[block] = part
+            tick()
+    return records, parts, _pass2
+
+
+def segment_image(
+    zarr_url: str,
+    model: str | Path | Model,
+    label_name: str | None = None,
+    client: Any = None,
+    halo: int | None = None,
+    blocks: str | Iterable[tuple[int, int]] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SegmentResult:
+    """Segment an ingested OME-Zarr image into ``labels/<label_name>`` and region columns.
+
+    Parameters
+    ----------
+    zarr_url : str
+        An image written by :func:`segpipe.ingest.ingest_image` (local path or URL).
+    model : str, Path or Model
+        Built-in name, weights file with its card, or a loaded model (scattered once to
+        the workers).
+    label_name : str, optional
+        Default: the model's name.
+    client : distributed.Client, optional
+        Run the block tasks on this cluster; without one they run in this process.
+    halo : int, optional
+        Context around each block (level-0 px); default :func:`default_halo` of the card.
+        Objects larger than the halo are stitched but may be split differently than in a
+        whole-image run (see :mod:`segpipe.tiling`).
+    blocks : None, "all" or iterable of (by, bx)
+        Blocks to segment: default the tissue / foreground mask's selection. The block
+        size is always the level-0 shard (else chunk), so each task owns whole shards.
+    storage_options : dict, optional
+        fsspec options for a remote store.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each block task; ``total`` counts pass-1
+        and pass-2 tasks.
+
+    Returns
+    -------
+    SegmentResult
+    """
+    from segpipe.ingest import read_meta
+    from segpipe.io import join_url, remove
+    from segpipe.labels import create_label_array, finalize_labels
+    from segpipe.models import Model, load_model
+    from segpipe.normalize import image_stats
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    meta = read_meta(zarr_url, storage_options)
+    loaded = load_model(model, device="cpu") if not isinstance(model, Model) else model
+    card = loaded.card
+    name = label_name or card.name
+    scale = 1.0
+    if meta.mpp and card.mpp and abs(meta.mpp / card.mpp - 1.0) > 0.1:
+        scale = float(meta.mpp / card.mpp)
+    halo = default_halo(card.halo, scale) if halo is None else int(halo)
+    if halo < 2:
+        raise ConfigError(f"halo={halo}: stitching and perimeters need at least 2 px of context")
+    image_url = join_url(zarr_url, "0")
+    level0 = _open_array(image_url, storage_options)
+    inner = tuple(int(c) for c in level0.chunks[1:])
+    shards = None if level0.shards is None else tuple(int(s) for s in level0.shards[1:])
+    block = shards or inner
+    grid = BlockGrid(meta.shape, block, halo)
+
+    level = _pick_level(meta.levels)
+    thumb = np.asarray(_open_array(join_url(zarr_url, str(level)), storage_options)[:])
+    stats = image_stats(thumb, card, meta.modality)
+    todo = _select(blocks, grid, thumb, meta.modality)
+    semantic = card.task == "semantic"
+
+    labels_arr = create_label_array(zarr_url, name, meta.shape, inner, shards,
+                                    storage_options=storage_options)  # fmt: skip
+    classes_url = None
+    if semantic:
+        create_label_array(zarr_url, f"{name}-classes", meta.shape, inner, shards, dtype="uint8",
+                           storage_options=storage_options)  # fmt: skip
+        classes_url = join_url(zarr_url, "labels", f"{name}-classes")
+    labels_url = join_url(zarr_url, "labels", name)
+    tmp_url = join_url(zarr_url, f"{_TMP_PREFIX}{name}")
+    _create_tmp(tmp_url, labels_arr, storage_options)
+    job = _Job(
+        image_url=image_url, tmp_url=tmp_url, labels_url=join_url(labels_url, "0"),
+        classes_url=None if classes_url is None else join_url(classes_url, "0"), grid=grid,
+        stats=stats, modality=meta.modality, scale=scale, semantic=semantic,
+        storage_options=storage_options,
+    )  # fmt: skip
+    timings["prepare"] = time.perf_counter() - t_start
+
+    done, total = 0, 2 * len(todo)
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        if client is None:
+            columns_partial, relabel, t = _local(job, todo, loaded, tick)
+        else:
+            columns_partial, relabel, t = _distributed(job, todo, model, loaded, client, tick)
+        timings.update(t)
+    finally:
+        remove(tmp_url, storage_options)
+    t0 = time.perf_counter()
+    finalize_labels(zarr_url, name, client=client, storage_options=storage_options)
+    if classes_url is not None:
+        finalize_labels(zarr_url, f"{name}-classes", client=client, storage_options=storage_options)
+    timings["pyramid"] = time.perf_counter() - t0
+    image_id = zarr_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".ome.zarr")
+    columns = finalize(columns_partial, meta.mpp, card.classes, image_id=image_id)
+    timings["total"] = time.perf_counter() - t_start
+    return SegmentResult(
+        labels_url=labels_url, classes_url=classes_url, columns=columns,
+        n_regions=len(columns["label"]), blocks_total=grid.n_blocks, blocks_processed=len(todo),
+        blocks_skipped=grid.n_blocks - len(todo), block=int(block[0]), halo=halo, scale=scale,
+        label_name=name, model=card.name, timings=timings, stats=stats,
+        processed=todo,
+    )  # fmt: skip
+
+
+def _create_tmp(url: str, like: Any, storage_options: dict[str, Any] | None) -> None:
+    import zarr
+
+    from segpipe.io import remove, zarr_store
+
+    remove(url, storage_options)
+    zarr.create_array(
+        store=zarr_store(url, storage_options), shape=like.shape, chunks=like.chunks,
+        shards=like.shards, dtype="uint32", fill_value=0,
+        compressors=zarr.codecs.ZstdCodec(level=1), config={"write_empty_chunks": False},
+    )  # fmt: skip
+
+
+def _local(
+    job: _Job, todo: list[tuple[int, int]], model: Any, tick: Callable[[], None]
+) -> tuple[Partial, Any, dict[str, float]]:
+    t0 = time.perf_counter()
+    records, parts, _ = _run_local(job, todo, model, tick)
+    t1 = time.perf_counter()
+    relabel = plan(records)
+    t2 = time.perf_counter()
+    out = []
+    for record in records:
+        b = record.block
+        if record.count:
+            out.append(_pass2(job, b, *relabel.for_block(b), parts[b]))
+        tick()
+    merged = merge_partials(out) if out else Partial.empty(_n_channels(job))
+    t3 = time.perf_counter()
+    return merged, relabel, {"pass1": t1 - t0, "plan": t2 - t1, "pass2": t3 - t2}
+
+
+def _n_channels(job: _Job) -> int:
+    return int(_open_array(job.image_url, job.storage_options).shape[0])
+
+
+def _distributed(
+    job: _Job,
+    todo: list[tuple[int, int]],
+    model_ref: Any,
+    loaded: Model,
+    client: Any,
+    tick: Callable[[], None],
+) -> tuple[Partial, Any, dict[str, float]]:
+    from distributed import as_completed
+
+    from segpipe.models import Model
+
+    t0 = time.perf_counter()
+    token = uuid.uuid4().hex[:8]
+    if isinstance(model_ref, Model):
+        model_arg: Any = client.scatter(model_ref, broadcast=True, hash=False)
+    else:
+        model_arg = str(model_ref)
+    resources = {"GPU": 1} if _has_gpu(client) else None
+    first = {
+        client.submit(
+            _pass1, job, b, model_arg, key=f"segpipe-pass1-{token}-{b[0]}-{b[1]}",
+            resources=resources, retries=2, pure=False,
+        ): b
+        for b in todo
+    }  # fmt: skip
+    for _ in as_completed(list(first)):
+        tick()
+    records = client.gather([client.submit(operator.getitem, f, 0, pure=False) for f in first])
+    parts = {b: client.submit(operator.getitem, f, 1, pure=False) for f, b in first.items()}
+    t1 = time.perf_counter()
+    relabel = plan(records)
+    t2 = time.perf_counter()
+    second = []
+    for record in records:
+        b = record.block
+        if record.count:
+            second.append(client.submit(
+                _pass2, job, b, *relabel.for_block(b), parts[b],
+                key=f"segpipe-pass2-{token}-{b[0]}-{b[1]}", retries=2, pure=False,
+            ))  # fmt: skip
+    n_skip = len(records) - len(second)
+    for _ in range(n_skip):
+        tick()
+    for _ in as_completed(second):
+        tick()
+    while len(second) > 1:
+        second = [
+            client.submit(_merge_list, *second[i : i + _MERGE_FANIN], pure=False)
+            for i in range(0, len(second), _MERGE_FANIN)
+        ]
+    merged = second[0].result() if second else Partial.empty(_n_channels(job))
+    del first, parts
+    t3 = time.perf_counter()
+    return merged, relabel, {"pass1": t1 - t0, "plan": t2 - t1, "pass2": t3 - t2}
+
+
+def _merge_list(*parts: Partial) -> Partial:
+    return merge_partials(list(parts))

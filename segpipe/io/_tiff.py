@@ -1,0 +1,292 @@
+"""TIFF reader: BigTIFF pyramids, SVS, NDPI, OME-TIFF (SubIFDs), plain strip TIFFs.
+
+Pyramid levels come from tifffile's first series (``series[0].levels``); pages of further
+series that look like reduced copies of level 0 are appended (generic multi-page pyramids).
+When series detection fails (e.g. "incompatible keyframe" in files written by other tools)
+the levels are picked from the pages and their SubIFDs directly: the largest page is level 0,
+smaller pages with the same pixel type, samples, tiling and aspect ratio are the lower
+levels (so SVS thumbnail, label and macro pages are never mistaken for levels). Regions are
+decoded lazily through ``aszarr`` — only the tiles or strips a region touches are read.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from segpipe.errors import ImageReadError, UnsupportedImageError
+from segpipe.io._fsutil import open_binary
+from segpipe.io._source import ImageSource
+
+__all__ = ["TiffSource", "is_tiff"]
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_CHANNEL_AXES = "CSQIE"  # axes that may carry channels (tifffile: Q/I = unknown/sequence)
+_UNIT_TO_UM = {
+    "pm": 1e-6,
+    "nm": 1e-3,
+    "µm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "Å": 1e-4,
+    "A": 1e-4,
+}
+_DEFAULT_DPI = (1.0, 72.0, 96.0)  # written by tools that know nothing about pixel size
+_SVS_MPP = re.compile(r"MPP\s*=\s*([0-9.eE+-]+)")
+
+
+def is_tiff(head: bytes) -> bool:
+    """Return True when ``head`` starts with a TIFF or BigTIFF signature."""
+    return head[:4] in _TIFF_MAGIC
+
+
+class _Level:
+    """One pyramid level: a tifffile series level or page, opened as zarr on first use."""
+
+    def __init__(self, obj: Any, axes: str, shape: tuple[int, ...], drop_alpha: bool) -> None:
+        self.obj = obj
+        self.axes = axes
+        self.shape = shape
+        self.drop_alpha = drop_alpha
+        self._array: Any = None
+        y = shape[axes.index("Y")]
+        x = shape[axes.index("X")]
+        self.yx = (int(y), int(x))
+
+    def array(self) -> Any:
+        if self._array is None:
+            import zarr
+
+            is_series = isinstance(self.obj, tifffile.TiffPageSeries)
+            store = self.obj.aszarr(level=0) if is_series else self.obj.aszarr()
+            self._array = zarr.open_array(store, mode="r")
+        return self._array
+
+    def read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        index: list[Any] = []
+        kept = ""
+        for ax, n in zip(self.axes, self.shape, strict=True):
+            if ax == "Y":
+                index.append(slice(y0, y1))
+                kept += ax
+            elif ax == "X":
+                index.append(slice(x0, x1))
+                kept += ax
+            elif n == 1:
+                index.append(0)
+            else:
+                index.append(slice(None))
+                kept += "C"
+        data = np.asarray(self.array()[tuple(index)])
+        if "C" not in kept:
+            data = data[np.newaxis]
+            kept = "C" + kept
+        data = np.moveaxis(data, [kept.index("C"), kept.index("Y"), kept.index("X")], [0, 1, 2])
+        return data[:3] if self.drop_alpha else data
+
+
+def _channel_count(axes: str, shape: tuple[int, ...], uri: str) -> int:
+    extra = [(a, n) for a, n in zip(axes, shape, strict=True) if a not in "YX" and n > 1]
+    if len(extra) > 1 or (extra and extra[0][0] not in _CHANNEL_AXES):
+        dims = ", ".join(f"{a}={n}" for a, n in extra)
+        raise UnsupportedImageError(
+            f"{uri}: image has axes {axes} with {dims}; segpipe reads 2-D images with one "
+            "channel axis — export a single Z plane / time point"
+        )
+    return int(extra[0][1]) if extra else 1
+
+
+def _is_rgba(page: Any, samples: int) -> bool:
+    return samples == 4 and int(getattr(page, "photometric", -1)) == 2  # RGB + alpha
+
+
+class TiffSource(ImageSource):
+    """A TIFF-family image (see module docstring) read lazily through fsspec."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self._fh = open_binary(uri, storage_options)
+        try:
+            self._tif = tifffile.TiffFile(self._fh, name=uri.rsplit("/", 1)[-1])
+        except Exception as exc:
+            self._fh.close()
+            raise ImageReadError(
+                f"{uri}: not a readable TIFF ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
+                "the file is truncated or corrupt"
+            ) from exc
+        try:
+            self._levels = _find_levels(self._tif, uri)
+            first = self._levels[0]
+            page0 = _first_page(first.obj)
+            n_channels = _channel_count(first.axes, first.shape, uri)
+            if first.drop_alpha:
+                n_channels = 3
+            names, mpp = _metadata(self._tif, page0, n_channels)
+            super().__init__(
+                uri,
+                [lvl.yx for lvl in self._levels],
+                n_channels,
+                page0.dtype,
+                mpp,
+                channel_names=names,
+                storage_options=storage_options,
+                rgb=n_channels == 3 and int(getattr(page0, "photometric", 1)) in (2, 6),
+            )
+        except BaseException:
+            self._tif.close()
+            self._fh.close()
+            raise
+
+    def _read(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        return self._levels[level].read(y0, x0, y1, x1)
+
+    def _close(self) -> None:
+        self._tif.close()
+        self._fh.close()
+
+
+def _first_page(obj: Any) -> Any:
+    """The keyframe page of a tifffile series (or the page itself)."""
+    return getattr(obj, "keyframe", None) or obj
+
+
+def _level_from(obj: Any) -> _Level:
+    page = _first_page(obj)
+    axes, shape = str(obj.axes), tuple(int(n) for n in obj.shape)
+    samples = int(getattr(page, "samplesperpixel", 1))
+    return _Level(obj, axes, shape, drop_alpha=_is_rgba(page, samples))
+
+
+def _find_levels(tif: tifffile.TiffFile, uri: str) -> list[_Level]:
+    if not tif.pages or len(tif.pages) == 0:
+        raise ImageReadError(f"{uri}: TIFF has no image pages; the file is truncated or corrupt")
+    try:
+        levels = _levels_from_series(tif)
+    except UnsupportedImageError:
+        raise
+    except Exception:  # tifffile series detection is fragile on foreign pyramids
+        levels = []
+    if not levels:
+        levels = _levels_from_pages(tif, uri)
+    return levels
+
+
+def _levels_from_series(tif: tifffile.TiffFile) -> list[_Level]:
+    series = list(tif.series)
+    if not series:
+        return []
+    main = series[0]
+    levels = [_level_from(lvl) for lvl in main.levels]
+    base = _first_page(main)
+    # A generic multi-page pyramid may show up as one series per page: append reduced copies.
+    if len(levels) == 1 and len(series) > 1:
+        for other in series[1:]:
+            cand = _level_from(other)
+            if _looks_like_level(_first_page(other), base, cand.yx, levels[-1].yx):
+                levels.append(cand)
+    return levels
+
+
+def _looks_like_level(page: Any, base: Any, yx: tuple[int, int], prev: tuple[int, int]) -> bool:
+    """True when ``page`` is a reduced copy of ``base`` smaller than the previous level."""
+    if page.dtype != base.dtype or page.samplesperpixel != base.samplesperpixel:
+        return False
+    if bool(page.is_tiled) != bool(base.is_tiled):
+        return False
+    by, bx = _yx(base)
+    y, x = yx
+    if not (y < prev[0] and x < prev[1]):
+        return False
+    # aspect ratio equal up to rounding of the reduced size
+    return abs(y * bx / x - by) <= bx / x + 1
+
+
+def _yx(page: Any) -> tuple[int, int]:
+    return int(page.shape[page.axes.index("Y")]), int(page.shape[page.axes.index("X")])
+
+
+def _levels_from_pages(tif: tifffile.TiffFile, uri: str) -> list[_Level]:
+    pages: list[Any] = []
+    for page in tif.pages:
+        if not hasattr(page, "aszarr"):
+            continue
+        pages.append(page)
+        if getattr(page, "subifds", None):
+            try:
+                pages.extend(p for p in tifffile.TiffPages(page) if hasattr(p, "aszarr"))
+            except Exception:
+                pass
+    if not pages:
+        raise ImageReadError(f"{uri}: TIFF has no readable image pages; the file is corrupt")
+    base = max(pages, key=lambda p: _yx(p)[0] * _yx(p)[1])
+    levels = [_level_from(base)]
+    rest = sorted((p for p in pages if p is not base), key=lambda p: -_yx(p)[0] * _yx(p)[1])
+    for page in rest:
+        if _looks_like_level(page, base, _yx(page), levels[-1].yx):
+            levels.append(_level_from(page))
+    return levels
+
+
+def _metadata(
+    tif: tifffile.TiffFile, page0: Any, n_channels: int
+) -> tuple[list[str] | None, float | None]:
+    """Channel names and level-0 µm/px from OME-XML, the SVS description or XResolution."""
+    names: list[str] | None = None
+    mpp: float | None = None
+    if tif.is_ome and tif.ome_metadata:
+        names, mpp = _ome_metadata(tif.ome_metadata)
+    if mpp is None and tif.is_svs:
+        match = _SVS_MPP.search(str(page0.description or ""))
+        if match:
+            try:
+                mpp = float(match.group(1))
+            except ValueError:
+                mpp = None
+    if mpp is None:
+        mpp = _resolution_mpp(page0)
+    if names is not None and len(names) != n_channels:
+        names = None
+    return names, mpp
+
+
+def _ome_metadata(xml: str) -> tuple[list[str] | None, float | None]:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None, None
+    pixels = root.find("{*}Image/{*}Pixels")
+    if pixels is None:
+        return None, None
+    mpp = None
+    size = pixels.get("PhysicalSizeX")
+    if size is not None:
+        factor = _UNIT_TO_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
+        try:
+            mpp = float(size) * factor if factor is not None else None
+        except ValueError:
+            mpp = None
+    channels = pixels.findall("{*}Channel")
+    names = [c.get("Name") or f"c{i}" for i, c in enumerate(channels)] if channels else None
+    return names, mpp
+
+
+def _resolution_mpp(page: Any) -> float | None:
+    """µm per pixel from XResolution + ResolutionUnit (inch or cm), None when not stated."""
+    try:
+        unit = int(page.resolutionunit)
+        xres = float(page.resolution[0])
+    except Exception:
+        return None
+    if xres <= 0 or unit not in (2, 3):
+        return None
+    if unit == 2:
+        if xres in _DEFAULT_DPI:
+            return None
+        return 25400.0 / xres
+    return 10000.0 / xres

@@ -1,0 +1,241 @@
+"""Turn source pixels into model input: channel mode, then percentile normalisation.
+
+Two steps, the same for every tile of an image:
+
+1. **Channel mode** (``card.channel_mode``) makes the model's input channels from the
+   source channels, depending on the image's modality (``"brightfield"``: RGB, dark objects
+   on a bright background; ``"fluorescence"``; ``"grey"``: one channel, objects assumed
+   bright):
+
+   ========  ==============================  ===============================  ==============
+   mode      brightfield (RGB)               fluorescence                     grey
+   ========  ==============================  ===============================  ==============
+   grey      inverted luminance (objects     first channel                    luminance if 3–4
+             bright)                                                          channels, else first
+   rgb       the RGB channels                first 3 channels; fewer: the     first replicated
+                                             first replicated                 (or RGB as is)
+   nuclear   hematoxylin optical density     first channel (the nuclear       as grey
+             (colour deconvolution, skimage  stain, e.g. DAPI, by convention)
+             ``hed_from_rgb``)
+   ========  ==============================  ===============================  ==============
+
+2. **Normalisation** maps the ``card.normalisation.low`` / ``high`` percentiles of each
+   converted channel to 0 / 1 (not clipped). The percentiles are computed **once per image**
+   from a low-resolution level (:func:`image_stats`) and passed to every tile
+   (:func:`prepare`): per-tile statistics would make neighbouring tiles disagree at their
+   borders.
+
+The hematoxylin projection omits skimage's ``rgb2hed`` clipping and white point: both only
+add a constant or rescale, which the percentile normalisation removes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from skimage.color import hed_from_rgb
+
+from segpipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from segpipe.models import ModelCard
+
+__all__ = [
+    "MODALITIES",
+    "ImageStats",
+    "convert_channels",
+    "image_stats",
+    "prepare",
+    "stats_from_image",
+    "thumbnail",
+]
+
+MODALITIES = ("brightfield", "fluorescence", "grey")
+
+_LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)  # skimage.color.rgb2gray weights
+_HEMATOXYLIN = np.ascontiguousarray(hed_from_rgb[:, 0], dtype=np.float32)
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class ImageStats:
+    """Per-channel normalisation statistics of one image (of the *converted* channels).
+
+    Attributes
+    ----------
+    low, high : tuple of float
+        Values mapped to 0 and 1, one per model input channel.
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        low = tuple(float(v) for v in self.low)
+        high = tuple(float(v) for v in self.high)
+        if not low or len(low) != len(high):
+            raise ConfigError(
+                f"ImageStats needs equally many low and high values, got {low}, {high}"
+            )
+        if not all(np.isfinite(low + high)):
+            raise ConfigError(f"ImageStats values must be finite, got low={low}, high={high}")
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """JSON-friendly form (e.g. for zarr attributes)."""
+        return {"low": list(self.low), "high": list(self.high)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageStats:
+        """Inverse of :meth:`to_dict`."""
+        return cls(low=tuple(data["low"]), high=tuple(data["high"]))
+
+
+def _check(raw: np.ndarray, modality: str, what: str) -> np.ndarray:
+    raw = np.asarray(raw)
+    if raw.ndim != 3 or raw.shape[0] < 1:
+        raise ConfigError(f"{what} must be channel-first (C, Y, X), got shape {raw.shape}")
+    if modality not in MODALITIES:
+        raise ConfigError(f"modality {modality!r} is unknown; use one of {', '.join(MODALITIES)}")
+    return raw
+
+
+def _luminance(raw: np.ndarray) -> np.ndarray:
+    return np.tensordot(_LUMA, raw[:3].astype(np.float32, copy=False), axes=1)
+
+
+def _hematoxylin(raw: np.ndarray) -> np.ndarray:
+    rgb = raw[:3].astype(np.float32)
+    if raw.dtype.kind == "f":  # floats are taken as 0..1
+        rgb *= 255.0
+    od = -np.log(np.maximum(rgb, 1.0))
+    return np.tensordot(_HEMATOXYLIN, od, axes=1)
+
+
+def convert_channels(raw: np.ndarray, channel_mode: str, modality: str) -> np.ndarray:
+    """Apply a channel mode (table above) to ``raw``.
+
+    Parameters
+    ----------
+    raw : (C, Y, X) ndarray
+        Source pixels, any numeric dtype.
+    channel_mode : {"grey", "rgb", "nuclear"}
+    modality : {"brightfield", "fluorescence", "grey"}
+
+    Returns
+    -------
+    (C', Y, X) float32 ndarray
+        ``C' = 3`` for ``rgb``, else 1.
+
+    Examples
+    --------
+    >>> convert_channels(np.full((3, 1, 1), 200, np.uint8), "grey", "brightfield").ravel()
+    array([-200.], dtype=float32)
+    """
+    raw = _check(raw, modality, "raw")
+    c = raw.shape[0]
+    rgb_like = c >= 3 and (modality == "brightfield" or (modality == "grey" and c <= 4))
+    if channel_mode == "rgb":
+        if c >= 3:
+            return raw[:3].astype(np.float32)
+        return np.repeat(raw[:1].astype(np.float32), 3, axis=0)
+    if channel_mode == "nuclear" and modality == "brightfield" and c >= 3:
+        return _hematoxylin(raw)[None]
+    if channel_mode not in ("grey", "nuclear"):
+        raise ConfigError(f"channel_mode {channel_mode!r} is unknown; use grey, rgb or nuclear")
+    if modality == "brightfield":
+        grey = _luminance(raw) if c >= 3 else raw[0].astype(np.float32)
+        return -grey[None]  # inverted: dark objects on a bright background become bright
+    if rgb_like:
+        return _luminance(raw)[None]
+    return raw[:1].astype(np.float32)
+
+
+def thumbnail(image: np.ndarray, max_side: int = 2048) -> np.ndarray:
+    """A low-resolution copy like a pyramid level: 2×2 means until the long side ≤ ``max_side``.
+
+    Parameters
+    ----------
+    image : (C, Y, X) ndarray
+    max_side : int
+
+    Returns
+    -------
+    (C, y, x) float32 ndarray (the input itself, as float32, when already small enough)
+    """
+    out = np.asarray(image)
+    while max(out.shape[-2:]) > max_side:
+        y, x = out.shape[-2] // 2 * 2, out.shape[-1] // 2 * 2
+        o = out[:, :y, :x].astype(np.float32, copy=False)
+        out = 0.25 * (o[:, 0::2, 0::2] + o[:, 1::2, 0::2] + o[:, 0::2, 1::2] + o[:, 1::2, 1::2])
+    return out if out.dtype.kind == "f" else out.astype(np.float32)
+
+
+def image_stats(thumb: np.ndarray, card: ModelCard, modality: str) -> ImageStats:
+    """Normalisation statistics of an image, from a low-resolution level.
+
+    Parameters
+    ----------
+    thumb : (C, y, x) ndarray
+        A low-resolution level (≈1–2k px on the long side) of the whole image.
+    card : ModelCard
+        Gives ``channel_mode`` and the ``normalisation`` percentiles.
+    modality : {"brightfield", "fluorescence", "grey"}
+
+    Returns
+    -------
+    ImageStats
+        Percentiles of each *converted* channel (after the channel mode).
+    """
+    _check(thumb, modality, "thumb")
+    x = convert_channels(np.asarray(thumb), card.channel_mode, modality)
+    flat = x.reshape(x.shape[0], -1)
+    flat = flat[:, np.isfinite(flat).all(axis=0)]
+    if flat.shape[1] == 0:
+        raise ConfigError("image_stats: the thumbnail has no finite pixels")
+    q = np.percentile(flat, [card.normalisation.low, card.normalisation.high], axis=1)
+    return ImageStats(low=tuple(q[0].tolist()), high=tuple(q[1].tolist()))
+
+
+def stats_from_image(
+    image: np.ndarray, card: ModelCard, modality: str, max_side: int = 2048
+) -> ImageStats:
+    """:func:`image_stats` of a whole in-memory ``(C, Y, X)`` image via :func:`thumbnail`.
+
+    The in-memory path (:func:`segpipe.predict.segment_array`) uses this; the pipeline
+    calls :func:`image_stats` on the pyramid level of about the same size.
+    """
+    return image_stats(thumbnail(np.asarray(image), max_side), card, modality)
+
+
+def prepare(raw: np.ndarray, stats: ImageStats, card: ModelCard, modality: str) -> np.ndarray:
+    """Model input for one window: channel mode, then ``(x - low) / (high - low)``.
+
+    Parameters
+    ----------
+    raw : (C, Y, X) ndarray
+        Source pixels of a window.
+    stats : ImageStats
+        The whole image's statistics (:func:`image_stats`).
+    card : ModelCard
+    modality : {"brightfield", "fluorescence", "grey"}
+
+    Returns
+    -------
+    (card.in_channels, Y, X) float32 ndarray
+    """
+    x = convert_channels(raw, card.channel_mode, modality)
+    if len(stats.low) != x.shape[0]:
+        raise ConfigError(
+            f"stats have {len(stats.low)} channels but model {card.name!r} takes {x.shape[0]}; "
+            "compute them with image_stats(thumb, card, modality) for this model"
+        )
+    low = np.asarray(stats.low, np.float32)[:, None, None]
+    span = np.asarray(stats.high, np.float32)[:, None, None] - low
+    scale = np.float32(1.0) / np.where(np.abs(span) > _EPS, span, np.float32(1.0))
+    x -= low
+    x *= scale
+    return x

@@ -1,0 +1,155 @@
+"""Run-level helpers shared by the flows and the CLI: discovery, the Dask client, run rows."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from segpipe.config import SegpipeConfig, config_hash, results_settings
+from segpipe.pipeline._stages import ImageOutcome, ModelRef
+
+__all__ = ["ArchiveItem", "RunSummary", "discover_items", "open_client", "run_row", "summarise"]
+
+log = logging.getLogger("segpipe.pipeline")
+
+
+@dataclass(frozen=True)
+class ArchiveItem:
+    """One image of an archive, as a run sees it."""
+
+    image_id: str
+    uri: str
+    relpath: str
+    fingerprint: str
+    size: int | None = None
+
+
+@dataclass
+class RunSummary:
+    """What a run did (returned by the ``archive_run`` flow, printed by the CLI)."""
+
+    run_id: str
+    source: str
+    results: str
+    model: str
+    status: str = "done"  # done | partial (some images failed) | failed
+    n_images: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    regions: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    report: str | None = None
+    note: str | None = None
+
+    def lines(self) -> list[str]:
+        """A short human summary, one fact per line."""
+        out = [f"run {self.run_id}: {self.done} done, {self.skipped} skipped, {self.failed} failed "
+               f"of {self.n_images} images; {self.regions} regions in {self.seconds:.1f} s (model {self.model})"]
+        out += [f"  failed {image_id}: {error}" for image_id, error in self.failures]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _get(entry: Any, *names: str, default: Any = None) -> Any:
+    for n in names:
+        if isinstance(entry, dict) and n in entry:
+            return entry[n]
+        if hasattr(entry, n):
+            return getattr(entry, n)
+    return default
+
+
+def discover_items(source: str, config: SegpipeConfig,
+                   storage_options: dict[str, Any] | None = None) -> list[ArchiveItem]:
+    """Discover the archive's images (include / exclude globs) and fingerprint them.
+
+    Raises
+    ------
+    ImageReadError
+        The source does not exist.
+    """
+    from segpipe import archive
+
+    run = config.run
+    entries = archive.discover(source, include=run.include or None, exclude=run.exclude or None,
+                               storage_options=storage_options)
+    items = []
+    for entry in entries:
+        fp = _get(entry, "fingerprint")
+        if fp is None or run.content_hash:
+            fp = archive.fingerprint(entry, content_hash=run.content_hash, storage_options=storage_options)
+        items.append((entry, str(fp)))
+    relpaths = [str(_get(e, "relpath", "path")) for e, _ in items]
+    ids = _get(archive, "assign_image_ids")(relpaths)
+    return [ArchiveItem(image_id=ids[rel], uri=str(_get(e, "uri", "url")), relpath=rel, fingerprint=fp,
+                        size=_get(e, "size")) for (e, fp), rel in zip(items, relpaths, strict=True)]
+
+
+@contextlib.contextmanager
+def open_client(config: SegpipeConfig) -> Iterator[Any]:
+    """A Dask client: to ``run.cluster`` when set, else on a LocalCluster started here.
+
+    The local cluster is sized by :func:`segpipe.cluster.connect` (GPU-aware) unless
+    ``run.n_workers`` / ``run.threads_per_worker`` say otherwise; it stops on exit.
+    """
+    import importlib.util
+
+    from segpipe.cluster import cluster_client
+
+    dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
+    run = config.run
+    with cluster_client(run.cluster, run.n_workers, run.threads_per_worker,
+                        dashboard_address=dashboard) as client:
+        yield client
+
+
+def run_row(run_id: str, source: str, results: str, model: ModelRef, config: SegpipeConfig,
+            status: str, started: datetime, client: Any = None,
+            outcomes: Sequence[ImageOutcome] = (), n_images: int = 0, n_skipped: int = 0,
+            error: str | None = None) -> dict[str, Any]:
+    """The ``runs`` table row of a run (``running`` at the start, final at the end)."""
+    n_workers = None
+    with contextlib.suppress(Exception):
+        n_workers = len(client.scheduler_info().get("workers", {})) if client is not None else None
+    timings: dict[str, float] = {}
+    for o in outcomes:
+        for k, v in o.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    now = datetime.now(timezone.utc)
+    return {
+        "run_id": run_id, "status": status, "error": error, "source_uri": source, "results_uri": results,
+        "model": model.name, "model_sha256": model.sha256, "config_hash": config_hash(config),
+        "config": json.dumps({"results": results_settings(config), "run": config.run.model_dump()},
+                             sort_keys=True, default=str),
+        "n_images": n_images, "n_done": sum(o.status == "done" for o in outcomes),
+        "n_failed": sum(o.status == "failed" for o in outcomes), "n_skipped": n_skipped,
+        "n_regions": sum(o.n_regions for o in outcomes), "cluster": config.run.cluster or "local",
+        "n_workers": n_workers, "host": socket.gethostname(), "started_at": started,
+        "finished_at": None if status == "running" else now,
+        "duration_s": None if status == "running" else (now - started).total_seconds(),
+        "timings": timings or None,
+    }
+
+
+def summarise(run_id: str, source: str, results: str, model: ModelRef, outcomes: Sequence[ImageOutcome],
+              n_images: int, n_skipped: int, t0: float) -> RunSummary:
+    """The :class:`RunSummary` of finished outcomes."""
+    failed = [o for o in outcomes if o.status == "failed"]
+    done = [o for o in outcomes if o.status == "done"]
+    status = "done" if not failed else ("partial" if done or n_skipped else "failed")
+    return RunSummary(run_id=run_id, source=source, results=results, model=model.name, status=status,
+                      n_images=n_images, done=len(done), skipped=n_skipped, failed=len(failed),
+                      regions=sum(o.n_regions for o in done), seconds=time.perf_counter() - t0,
+                      failures=[(o.image_id, o.error or "") for o in failed], note=model.fallback_note)
+

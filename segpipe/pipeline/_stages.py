@@ -1,0 +1,342 @@
+"""The per-image pipeline as plain functions: no Prefect here, the flows wrap these.
+
+One image goes ``ingest_stage`` → ``segment_stage`` → ``publish_stage``;
+:func:`process_image` chains them, writes the image's ``running`` row first and turns
+any exception into a ``failed`` row with a one-line error, so an image fails alone.
+Outputs become visible only when complete: labels and region files are written before
+the image row with status ``done``, which the ``regions`` view keys on.
+
+:func:`plan_run` decides what a run has to do: an image whose latest state is ``done``
+with the same fingerprint, model (+ weights sha256) and config hash is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from segpipe.config import SegpipeConfig, config_hash
+from segpipe.errors import SegpipeError
+
+__all__ = [
+    "skipped_rows",
+    "ModelRef",
+    "ImageOutcome",
+    "Progress",
+    "resolve_model",
+    "image_url",
+    "plan_run",
+    "ingest_stage",
+    "segment_stage",
+    "publish_stage",
+    "process_image",
+    "one_line",
+    "is_transient",
+    "new_run_id",
+    "LABELS_NAME",
+]
+
+log = logging.getLogger("segpipe.pipeline")
+
+#: Name of the label image inside ``RESULTS/images/<image_id>.ome.zarr/labels/``.
+LABELS_NAME = "segmentation"
+
+#: ``progress(image_id, done, total)``: chunks of the current image done so far.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model a run uses: what the images table records and plan_run compares."""
+
+    name: str
+    sha256: str | None = None
+    fallback_note: str | None = None
+
+
+@dataclass
+class ImageOutcome:
+    """What happened to one image in one run."""
+
+    image_id: str
+    source_uri: str
+    status: str  # done | failed | skipped
+    error: str | None = None
+    n_regions: int = 0
+    seconds: float = 0.0
+    labels_uri: str | None = None
+    image_uri: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (SegpipeError messages are shown as they are)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, SegpipeError) and text:
+        return text[:500]
+    return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying may help: storage / network hiccups and lost Dask workers.
+
+    Bad input (a corrupt or unsupported image, a bad model or setting) is not transient:
+    segpipe's own errors are never retried, even those that are ``OSError`` subclasses.
+    """
+    if isinstance(exc, SegpipeError):
+        return False
+    name = type(exc).__name__
+    if name in ("KilledWorker", "CommClosedError", "StreamClosedError", "CancelledError", "FutureCancelledError"):
+        return True
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return False
+    return isinstance(exc, (OSError, TimeoutError, ConnectionError))
+
+
+def new_run_id() -> str:
+    """A sortable, file-name-safe run id: ``YYYYmmddTHHMMSSZ-<6 hex>``."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(3).hex()
+
+
+def image_url(results: str, image_id: str) -> str:
+    """URL of an image's OME-Zarr in a results folder."""
+    return f"{str(results).rstrip('/')}/images/{image_id}.ome.zarr"
+
+
+def resolve_model(name: str, *, fallback: str | None = None) -> ModelRef:
+    """Identify a model (name + weights sha256) without loading it on the workers.
+
+    Parameters
+    ----------
+    name : str
+        Built-in name or weights path.
+    fallback : str or None
+        Used instead when ``name`` is a built-in whose weights are not installed (the note
+        says so); None raises :class:`ModelError` then.
+    """
+    from segpipe import models
+
+    is_installed = getattr(models, "is_installed", None)
+    builtin = getattr(models, "BUILTIN_CARDS", {})
+    if fallback is not None and name in builtin and is_installed is not None and not is_installed(name):
+        note = f"the {name!r} model's weights are not installed; using the {fallback!r} model instead"
+        ref = resolve_model(fallback)
+        return ModelRef(ref.name, ref.sha256, note)
+    model = models.load_model(name)
+    card = model.card
+    shown = name if name in builtin else card.name
+    return ModelRef(name=shown, sha256=getattr(card, "sha256", None))
+
+
+def _attr(entry: Any, *names: str, default: Any = None) -> Any:
+    for n in names:
+        if isinstance(entry, dict) and n in entry:
+            return entry[n]
+        if hasattr(entry, n):
+            return getattr(entry, n)
+    return default
+
+
+def plan_run(entries: Sequence[Any], states: dict[str, dict[str, Any]], model: ModelRef,
+             config: SegpipeConfig) -> tuple[list[Any], list[Any]]:
+    """Split discovered entries into (to_run, to_skip).
+
+    An entry (with ``image_id`` and ``fingerprint``) is skipped when its image's latest
+    state is ``done`` with the same fingerprint, model name, model sha256 and config hash.
+    A ``running`` state (a run crashed on it) or ``failed`` one is always redone.
+    """
+    chash = config_hash(config)
+    to_run, to_skip = [], []
+    for entry in entries:
+        state = states.get(_attr(entry, "image_id"))
+        same = (state is not None and state.get("status") == "done"
+                and state.get("fingerprint") == _attr(entry, "fingerprint")
+                and state.get("model") == model.name
+                and (state.get("model_sha256") or None) == (model.sha256 or None)
+                and state.get("config_hash") == chash)
+        (to_skip if same else to_run).append(entry)
+    return to_run, to_skip
+
+
+# -- stages -----------------------------------------------------------------------------------
+def ingest_stage(source_uri: str, image_id: str, results: str, config: SegpipeConfig,
+                 client: Any = None, storage_options: dict[str, Any] | None = None) -> Any:
+    """Source image → ``RESULTS/images/<image_id>.ome.zarr`` (replacing any leftover).
+
+    Returns the ingest's ``ImageMeta``.
+    """
+    from segpipe.ingest import ingest_image
+
+    return ingest_image(source_uri, image_url(results, image_id), spec=config.ingest_spec(),
+                        client=client, storage_options=storage_options)
+
+
+def segment_stage(zarr_url: str, model: str, config: SegpipeConfig, client: Any = None,
+                  storage_options: dict[str, Any] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> Any:
+    """Segment an ingested image chunk by chunk on the cluster (engine's ``segment_image``).
+
+    Writes ``labels/<model name>`` (pyramid included) into the OME-Zarr and returns the
+    engine's ``SegmentResult`` (region columns, counts). Chunks outside the foreground
+    mask are skipped unless ``tissue.enabled`` is false.
+    """
+    import inspect
+
+    from segpipe import infer
+
+    kwargs: dict[str, Any] = {"client": client, "halo": config.infer.halo,
+                              "blocks": None if config.tissue.enabled else "all",
+                              "storage_options": storage_options, "progress": progress}
+    accepted = inspect.signature(infer.segment_image).parameters
+    for key, value in (("batch", config.infer.batch), ("device", config.infer.device)):
+        if key in accepted:  # passed on once the engine takes them
+            kwargs[key] = value
+    return infer.segment_image(zarr_url, model, **kwargs)
+
+
+def publish_stage(results: str, image_id: str, run_id: str, zarr_url: str, segmented: Any,
+                  row: dict[str, Any], client: Any = None,
+                  storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Make the outputs visible: label pyramid registered, region file, then the ``done`` row LAST.
+
+    Returns the row written. Region files of older runs are pruned after the commit.
+    """
+    from segpipe import tables
+    from segpipe.labels import finalize_labels, label_names
+
+    name = str(_attr(segmented, "label_name", default=LABELS_NAME))
+    if name not in label_names(zarr_url, storage_options=storage_options):
+        finalize_labels(zarr_url, name, client=client, storage_options=storage_options)
+    labels_uri = str(_attr(segmented, "labels_url", default=f"{zarr_url}/labels/{name}"))
+    columns = dict(_attr(segmented, "columns", "regions"))
+    for key in ("image_id", "run_id"):  # filled in by the tables module
+        columns.pop(key, None)
+    tables.write_regions(results, image_id, run_id, columns, storage_options=storage_options)
+    done = {**row, "status": "done", "error": None, "labels_uri": labels_uri,
+            "n_regions": int(len(columns["label"])),
+            "n_blocks": _attr(segmented, "blocks_processed", "n_blocks"),
+            "n_blocks_total": _attr(segmented, "blocks_total", "n_blocks_total")}
+    timings = dict(row.get("timings") or {})
+    for key, value in (_attr(segmented, "timings", default={}) or {}).items():
+        if key != "total":
+            timings[f"segment.{key}"] = float(value)
+    done["timings"] = timings
+    tables.write_image_row(results, done, storage_options=storage_options)
+    try:
+        tables.prune_regions(results, image_id, run_id, storage_options=storage_options)
+    except Exception as exc:  # pruning is housekeeping: never fail a committed image
+        log.warning("%s: could not remove older region files: %s", image_id, one_line(exc))
+    return done
+
+
+def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str, config: SegpipeConfig,
+                  client: Any, run_id: str, *, storage_options: dict[str, Any] | None = None,
+                  progress: Progress | None = None,
+                  stage_runner: Callable[[str, Callable[[], Any]], Any] | None = None) -> ImageOutcome:
+    """Run one image through every stage; never raises for a bad image.
+
+    Parameters
+    ----------
+    entry : archive entry or str
+        The source image (``uri``, ``fingerprint``) or simply its URL.
+    image_id, results, run_id : str
+        Where the outputs go and under which run.
+    model : ModelRef or str
+        The model (a name is resolved with :func:`resolve_model`).
+    config : SegpipeConfig
+    client : distributed.Client or None
+        The Dask client chunk work goes to.
+    progress : callable, optional
+        ``progress(image_id, chunks_done, chunks_total)``.
+    stage_runner : callable, optional
+        ``stage_runner(stage_name, thunk)`` runs each stage (the flows pass one that wraps
+        stages in Prefect tasks with retries); the default calls ``thunk()``.
+
+    Returns
+    -------
+    ImageOutcome
+        ``done`` or ``failed`` (with the one-line error also in the images table).
+    """
+    from segpipe import tables
+
+    ref = model if isinstance(model, ModelRef) else resolve_model(model)
+    source_uri = entry if isinstance(entry, str) else str(_attr(entry, "uri", "source_uri", "url"))
+    fingerprint = None if isinstance(entry, str) else _attr(entry, "fingerprint")
+    run = stage_runner or (lambda _name, thunk: thunk())
+    zarr_url = image_url(results, image_id)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {
+        "image_id": image_id, "run_id": run_id, "status": "running", "source_uri": source_uri,
+        "fingerprint": fingerprint, "image_uri": zarr_url, "model": ref.name, "model_sha256": ref.sha256,
+        "config_hash": config_hash(config), "started_at": started,
+    }
+    timings: dict[str, float] = {}
+    try:
+        tables.write_image_row(results, row, storage_options=storage_options)
+        log.info("%s: ingesting %s", image_id, source_uri)
+        t = time.perf_counter()
+        meta = run("ingest", lambda: ingest_stage(source_uri, image_id, results, config, client, storage_options))
+        timings["ingest"] = time.perf_counter() - t
+        row.update(_meta_columns(meta))
+        log.info("%s: segmenting with %s", image_id, ref.name)
+
+        def chunk_progress(done: int, total: int) -> None:
+            if progress is not None:
+                progress(image_id, done, total)
+
+        t = time.perf_counter()
+        segmented = run("segment", lambda: segment_stage(zarr_url, ref.name, config, client, storage_options,
+                                                         chunk_progress))
+        timings["segment"] = time.perf_counter() - t
+        t = time.perf_counter()
+        row.update(finished_at=datetime.now(timezone.utc), duration_s=time.perf_counter() - t0, timings=timings)
+        done = run("publish", lambda: publish_stage(results, image_id, run_id, zarr_url, segmented, row,
+                                                         client, storage_options))
+        timings["publish"] = time.perf_counter() - t
+        seconds = time.perf_counter() - t0
+        log.info("%s: done, %d regions in %.1f s", image_id, done["n_regions"], seconds)
+        return ImageOutcome(image_id, source_uri, "done", None, int(done["n_regions"]), seconds,
+                            done.get("labels_uri"), zarr_url, timings)
+    except Exception as exc:  # the image fails alone
+        error = one_line(exc)
+        seconds = time.perf_counter() - t0
+        log.error("%s: failed: %s", image_id, error)
+        failed = {**row, "status": "failed", "error": error, "finished_at": datetime.now(timezone.utc),
+                  "duration_s": seconds, "timings": timings}
+        try:
+            tables.write_image_row(results, failed, storage_options=storage_options)
+        except Exception as exc2:  # results unwritable: the run summary still says it
+            log.error("%s: could not record the failure: %s", image_id, one_line(exc2))
+        return ImageOutcome(image_id, source_uri, "failed", error, 0, seconds, None, zarr_url, timings)
+
+
+def _meta_columns(meta: Any) -> dict[str, Any]:
+    shape = _attr(meta, "shape")
+    dtype = _attr(meta, "dtype")
+    out = {"mpp": _attr(meta, "mpp"), "n_channels": _attr(meta, "n_channels"),
+           "modality": _attr(meta, "modality"), "dtype": None if dtype is None else str(dtype)}
+    if shape is not None:
+        out["height"], out["width"] = int(shape[-2]), int(shape[-1])
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def skipped_rows(entries: Iterable[Any], states: dict[str, dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
+    """The ``skipped`` rows recording that a run left unchanged images alone."""
+    rows = []
+    for entry in entries:
+        image_id = _attr(entry, "image_id")
+        prev = states.get(image_id, {})
+        rows.append({"image_id": image_id, "run_id": run_id, "status": "skipped",
+                     "source_uri": str(_attr(entry, "uri", "source_uri", "url")),
+                     "fingerprint": _attr(entry, "fingerprint"),
+                     "image_uri": prev.get("image_uri"), "labels_uri": prev.get("labels_uri"),
+                     "n_regions": prev.get("n_regions"), "model": prev.get("model"),
+                     "model_sha256": prev.get("model_sha256"), "config_hash": prev.get("config_hash")})
+    return rows
+

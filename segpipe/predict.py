@@ -1,0 +1,296 @@
+"""In-memory segmentation: tiles on a global grid, windows, whole arrays (no Dask).
+
+The tiled Dask path (:mod:`segpipe.infer`) calls :func:`segment_window` once per chunk
+window; :func:`segment_array` calls it once for a whole image. Both give the same
+probabilities wherever a window covers a pixel with at least ``card.halo`` of context,
+because tiles sit on one **global grid**:
+
+* tile *cores* are the squares ``[k * S, (k + 1) * S)`` with ``S = card.tile - 2 * card.halo``
+  (the stride), counted from the image origin, whatever window is being predicted;
+* a tile is its core plus ``card.halo`` pixels of context on each side (``card.tile``
+  pixels), read from the window, reflect-padded beyond the window's edges;
+* only the tile core is kept (central-crop assembly), so each output pixel comes from the
+  one tile whose core holds it.
+
+A window therefore predicts a pixel from exactly the same tile input as the whole image
+does, provided that tile's context lies inside the window. This holds for every pixel of a
+chunk core when the chunk size is a multiple of ``S`` and the window is the chunk plus
+``card.halo`` on each side (the built-in cards use ``S = 512``, dividing the default 1024-px
+chunks). For other windows the tile input differs only beyond ``halo`` pixels from the core,
+where a model's (effective) receptive field has faded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from segpipe.errors import ConfigError, ModelError
+from segpipe.models import Model, load_model
+from segpipe.normalize import ImageStats, prepare, stats_from_image
+from segpipe.postprocess import Segmentation, to_labels
+
+__all__ = [
+    "as_channel_first",
+    "guess_modality",
+    "predict_window",
+    "segment_array",
+    "segment_window",
+    "stats_from_image",
+]
+
+
+def _tile_range(origin: int, size: int, stride: int) -> range:
+    return range(origin // stride, (origin + size - 1) // stride + 1)
+
+
+def predict_window(
+    model: Model | str | Path,
+    window: np.ndarray,
+    origin: Sequence[int] = (0, 0),
+    batch: int = 8,
+) -> np.ndarray:
+    """Probabilities for a prepared window, tiled on the global grid.
+
+    Parameters
+    ----------
+    model : Model or str or Path
+        Anything :func:`segpipe.models.load_model` accepts.
+    window : (C, Y, X) float32 ndarray
+        Prepared model input (:func:`segpipe.normalize.prepare`), ``C = card.in_channels``.
+    origin : (y, x)
+        Position of ``window[:, 0, 0]`` in the image, at model resolution; it fixes where the
+        global tile grid falls in the window.
+    batch : int
+        Tiles per call of ``model.predict``.
+
+    Returns
+    -------
+    (K, Y, X) float32 ndarray
+
+    Examples
+    --------
+    >>> m = load_model("classical", device="cpu")
+    >>> predict_window(m, np.zeros((1, 50, 70), np.float32), origin=(10, 20)).shape
+    (1, 50, 70)
+    """
+    model = load_model(model)
+    card = model.card
+    x = np.asarray(window, dtype=np.float32)
+    if x.ndim != 3 or x.shape[0] != card.in_channels:
+        raise ModelError(
+            f"predict_window: model {card.name!r} takes a ({card.in_channels}, Y, X) window, "
+            f"got shape {x.shape}"
+        )
+    oy, ox = (int(v) for v in origin)
+    if oy < 0 or ox < 0:
+        raise ConfigError(f"predict_window: origin {tuple(origin)} must be >= 0")
+    if batch < 1:
+        raise ConfigError(f"predict_window: batch={batch} must be >= 1")
+    _, ny, nx = x.shape
+    out = np.zeros((card.n_outputs, ny, nx), np.float32)
+    if ny == 0 or nx == 0:
+        return out
+    tile, halo, stride = card.tile, card.halo, card.stride
+    rows, cols = _tile_range(oy, ny, stride), _tile_range(ox, nx, stride)
+    top, left = rows[0] * stride - halo, cols[0] * stride - halo  # padded array's origin
+    pads = (
+        (0, 0),
+        (oy - top, (rows[-1] + 1) * stride + halo - oy - ny),
+        (ox - left, (cols[-1] + 1) * stride + halo - ox - nx),
+    )
+    xp = np.pad(x, pads, mode="reflect") if (ny > 1 and nx > 1) else np.pad(x, pads, mode="edge")
+    jobs = [(ky, kx) for ky in rows for kx in cols]
+    for start in range(0, len(jobs), batch):
+        part = jobs[start : start + batch]
+        tiles = np.stack(
+            [
+                xp[
+                    :,
+                    ky * stride - halo - top : ky * stride - halo - top + tile,
+                    kx * stride - halo - left : kx * stride - halo - left + tile,
+                ]
+                for ky, kx in part
+            ]
+        )
+        probs = model.predict(tiles)
+        for (ky, kx), p in zip(part, probs, strict=True):
+            y0, y1 = max(ky * stride, oy), min((ky + 1) * stride, oy + ny)
+            x0, x1 = max(kx * stride, ox), min((kx + 1) * stride, ox + nx)
+            out[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox] = p[
+                :,
+                halo + y0 - ky * stride : halo + y1 - ky * stride,
+                halo + x0 - kx * stride : halo + x1 - kx * stride,
+            ]
+    return out
+
+
+def _resample(
+    img: np.ndarray, zoom: float, offset: Sequence[float], shape: Sequence[int]
+) -> np.ndarray:
+    """Linear resampling: ``out[c, i, j] = img[c, offset_y + i / zoom, offset_x + j / zoom]``."""
+    out = np.empty((img.shape[0], *shape), np.float32)
+    for c in range(img.shape[0]):
+        ndi.affine_transform(
+            img[c],
+            [1.0 / zoom, 1.0 / zoom],
+            offset=offset,
+            output_shape=tuple(shape),
+            output=out[c],
+            order=1,
+            mode="nearest",
+        )
+    return out
+
+
+def _predict_scaled(
+    model: Model, x: np.ndarray, origin: tuple[int, int], scale: float, batch: int
+) -> np.ndarray:
+    """Predict at model resolution (``scale`` model px per image px), return image resolution.
+
+    Model pixel ``m`` is centred at image coordinate ``(m + 0.5) / scale - 0.5`` for every
+    window, so windows of one image share the model-resolution grid (and its tile grid).
+    """
+    _, ny, nx = x.shape
+    if scale < 1:  # anti-aliasing before shrinking, as skimage.transform.resize does
+        sigma = (1.0 / scale - 1.0) / 2.0
+        x = ndi.gaussian_filter(x, (0, sigma, sigma), mode="reflect")
+    m0 = [max(0, int(np.ceil(o * scale - 0.5)) - 1) for o in origin]
+    m1 = [int(np.floor((o + n) * scale - 0.5)) + 2 for o, n in zip(origin, (ny, nx), strict=True)]
+    shape = [b - a for a, b in zip(m0, m1, strict=True)]
+    to_image = [(m + 0.5) / scale - 0.5 - o for m, o in zip(m0, origin, strict=True)]
+    xm = _resample(x, scale, to_image, shape)
+    probs = predict_window(model, xm, origin=m0, batch=batch)
+    to_model = [(o + 0.5) * scale - 0.5 - m for o, m in zip(origin, m0, strict=True)]
+    return _resample(probs, 1.0 / scale, to_model, (ny, nx))
+
+
+def segment_window(
+    model: Model | str | Path,
+    raw: np.ndarray,
+    stats: ImageStats,
+    origin: Sequence[int] = (0, 0),
+    modality: str = "grey",
+    scale: float = 1.0,
+    batch: int = 8,
+) -> Segmentation:
+    """Segment one window of an image: prepare → resample → predict → labels.
+
+    Parameters
+    ----------
+    model : Model or str or Path
+    raw : (C, Y, X) ndarray
+        Source pixels of the window (any dtype).
+    stats : ImageStats
+        The whole image's normalisation statistics (:func:`segpipe.normalize.image_stats`).
+    origin : (y, x)
+        Position of ``raw[:, 0, 0]`` in the image (pixels of the level ``raw`` comes from).
+    modality : {"brightfield", "fluorescence", "grey"}
+    scale : float
+        Model pixels per image pixel: ``image_mpp / card.mpp`` (0.5 for a 0.25 µm/px scan and
+        a 0.5 µm/px model). Not 1: the window is resampled (anti-aliased when shrinking) to
+        the model's resolution on a grid shared by all windows, predicted, and the
+        probabilities are resampled back, so labels are at the window's resolution.
+    batch : int
+        Tiles per ``model.predict`` call.
+
+    Returns
+    -------
+    Segmentation
+        Labels ``(Y, X)`` with window-local ids.
+    """
+    model = load_model(model)
+    if not np.isfinite(scale) or scale <= 0:
+        raise ConfigError(f"segment_window: scale={scale} must be a positive number")
+    x = prepare(raw, stats, model.card, modality)
+    oy, ox = (int(v) for v in origin)
+    if abs(scale - 1.0) < 1e-6:
+        probs = predict_window(model, x, (oy, ox), batch=batch)
+    else:
+        probs = _predict_scaled(model, x, (oy, ox), float(scale), batch)
+    return to_labels(probs, model.card)
+
+
+def as_channel_first(image: np.ndarray) -> np.ndarray:
+    """``(Y, X)``, ``(Y, X, C≤4)`` or ``(C, Y, X)`` → ``(C, Y, X)``.
+
+    A 3-D array whose last axis has at most 4 entries and whose first has more is taken as
+    channel-last (e.g. an RGB image from PIL); any other 3-D array as channel-first.
+
+    Examples
+    --------
+    >>> as_channel_first(np.zeros((5, 6, 3))).shape, as_channel_first(np.zeros((2, 5, 6))).shape
+    ((3, 5, 6), (2, 5, 6))
+    """
+    img = np.asarray(image)
+    if img.dtype == bool:
+        img = img.astype(np.uint8)
+    if img.dtype.kind not in "uif":
+        raise ConfigError(f"image dtype {img.dtype} is not numeric; pass integer or float pixels")
+    if img.ndim == 2:
+        return img[None]
+    if img.ndim == 3:
+        if img.shape[-1] <= 4 < img.shape[0]:
+            return np.moveaxis(img, -1, 0)
+        return img
+    raise ConfigError(
+        f"image has shape {img.shape}; pass (Y, X), (Y, X, C) with C <= 4 or (C, Y, X)"
+    )
+
+
+def guess_modality(image: np.ndarray) -> str:
+    """Modality of a ``(C, Y, X)`` array by the readers' rule (:func:`segpipe.io.modality_for`):
+    3-channel uint8 → brightfield, 1-channel uint8 → grey, otherwise fluorescence."""
+    from segpipe.io import modality_for
+
+    return str(modality_for(image.shape[0], image.dtype))
+
+
+def segment_array(
+    image: np.ndarray,
+    model: Model | str | Path = "nuclei",
+    mpp: float | None = None,
+    modality: str | None = None,
+    stats: ImageStats | None = None,
+) -> np.ndarray:
+    """Segment one in-memory image; the reference the tiled pipeline is tested against.
+
+    Parameters
+    ----------
+    image : (Y, X), (Y, X, C) with C ≤ 4, or (C, Y, X) ndarray
+    model : str, Path or Model
+        A built-in name, a weights file with its card, or a loaded :class:`~segpipe.models.Model`.
+    mpp : float, optional
+        The image's pixel size (µm/px); with the card's ``mpp`` it sets the resampling
+        scale. ``None`` (or a model without ``mpp``): no resampling.
+    modality : {"brightfield", "fluorescence", "grey"}, optional
+        Default: guessed like the readers do (:func:`guess_modality`).
+    stats : ImageStats, optional
+        Normalisation statistics; default: from a ≤ 2048-px thumbnail, as the pipeline
+        does from a low-resolution level (:func:`segpipe.normalize.stats_from_image`).
+
+    Returns
+    -------
+    (Y, X) uint32 ndarray
+        0 = background, objects 1..n.
+
+    Examples
+    --------
+    >>> img = np.zeros((64, 64), np.uint8); img[10:20, 10:20] = img[40:50, 30:45] = 200
+    >>> int(segment_array(img, model="classical").max())
+    2
+    """
+    m = load_model(model)
+    img = as_channel_first(image)
+    if img.shape[0] == 4 and img.dtype == np.uint8:
+        img = img[:3]  # RGBA → RGB: the readers drop alpha too
+    modality = modality or guess_modality(img)
+    if stats is None:
+        stats = stats_from_image(img, m.card, modality)
+    if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
+        raise ConfigError(f"segment_array: mpp={mpp} must be a positive number of µm per pixel")
+    scale = mpp / m.card.mpp if (mpp is not None and m.card.mpp is not None) else 1.0
+    return segment_window(m, img, stats, (0, 0), modality, scale).labels

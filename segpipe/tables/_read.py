@@ -1,0 +1,246 @@
+"""Reading the results tables: image states, pruning, the read-only DuckDB connection."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import duckdb
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from segpipe.errors import ImageNotFoundError, ResultsError
+from segpipe.tables._schemas import IMAGES_SCHEMA, REGIONS_SCHEMA, RUNS_SCHEMA
+from segpipe.tables._store import (
+    arrow_fs,
+    check_id,
+    is_local,
+    list_parquet,
+    require_results,
+    resolve,
+    results_path,
+)
+
+
+def read_files(fs: fsspec.AbstractFileSystem, paths: list[str], schema: pa.Schema) -> pa.Table:
+    """Read Parquet files into one table cast to ``schema`` (missing columns as null)."""
+    if not paths:
+        return schema.empty_table()
+    dataset = pads.dataset(paths, schema=schema, format="parquet", filesystem=arrow_fs(fs))
+    return dataset.to_table()
+
+
+def _images_table(
+    fs: fsspec.AbstractFileSystem, root: str, image_id: str | None = None
+) -> pa.Table:
+    folder = f"{root}/tables/images" + (f"/{image_id}" if image_id else "")
+    return read_files(fs, list_parquet(fs, folder), IMAGES_SCHEMA)
+
+
+def _order_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Latest row = last written (``updated_at``), ties broken by run id."""
+    stamp = row.get("updated_at") or row.get("finished_at") or row.get("started_at")
+    return (stamp is not None, stamp.timestamp() if stamp is not None else 0.0, row["run_id"])
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """Map columns (lists of pairs in Arrow's Python form) as dicts."""
+    if row.get("timings") is not None:
+        row = {**row, "timings": dict(row["timings"])}
+    return row
+
+
+def _latest(
+    rows: list[dict[str, Any]], statuses: tuple[str, ...] | None
+) -> dict[str, dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if statuses is not None and row["status"] not in statuses:
+            continue
+        have = latest.get(row["image_id"])
+        if have is None or _order_key(row) > _order_key(have):
+            latest[row["image_id"]] = row
+    return latest
+
+
+def image_states(
+    results: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The current state of every image: its latest row whose status is not ``skipped``.
+
+    Parameters
+    ----------
+    results : str or PathLike
+        Results folder, local path or ``s3://`` URL. A folder without ``tables/`` (a first
+        run) has no states.
+    storage_options : dict, optional
+        fsspec options for remote results.
+
+    Returns
+    -------
+    dict of str to dict
+        ``image_id`` → the row (all ``IMAGES_SCHEMA`` columns). An image is up to date when
+        its state has ``status == "done"`` and the same fingerprint, model, model_sha256 and
+        config_hash; a ``running`` state means a run crashed while working on it.
+    """
+    fs, root = resolve(results, storage_options)
+    rows = _images_table(fs, root).to_pylist()
+    return {k: _plain(v) for k, v in _latest(rows, ("running", "done", "failed")).items()}
+
+
+def latest_done(
+    results: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``image_id`` → the image's latest ``done`` row (the one whose regions are visible)."""
+    fs, root = resolve(results, storage_options)
+    latest = _latest(_images_table(fs, root).to_pylist(), ("done",))
+    return {k: _plain(v) for k, v in latest.items()}
+
+
+def prune_regions(
+    results: str | os.PathLike[str],
+    image_id: str,
+    keep_run_id: str,
+    storage_options: dict[str, Any] | None = None,
+) -> list[str]:
+    """Remove an image's region files of every run but ``keep_run_id``.
+
+    Call it after the image's ``done`` row for ``keep_run_id`` is written: the files removed
+    are invisible already (older done runs, crashed or failed runs, leftover temp files).
+
+    Parameters
+    ----------
+    results : str or PathLike
+        Results folder, local path or ``s3://`` URL.
+    image_id : str
+        The image.
+    keep_run_id : str
+        The run whose regions stay; it must be the image's latest ``done`` row.
+    storage_options : dict, optional
+        fsspec options for remote results.
+
+    Returns
+    -------
+    list of str
+        URLs of the files removed.
+
+    Raises
+    ------
+    ImageNotFoundError
+        No row of ``image_id`` exists.
+    ResultsError
+        ``keep_run_id`` is not the image's latest done run (nothing is removed).
+    """
+    check_id(image_id, "image_id")
+    fs, root = resolve(results, storage_options)
+    rows = _images_table(fs, root, image_id).to_pylist()
+    if not rows:
+        raise ImageNotFoundError(f"image {image_id!r} has no rows in {results}/tables/images")
+    done = _latest(rows, ("done",)).get(image_id)
+    if done is None or done["run_id"] != keep_run_id:
+        have = None if done is None else done["run_id"]
+        raise ResultsError(
+            f"refusing to prune regions of {image_id!r}: its latest done run is {have!r}, "
+            f"not {keep_run_id!r}; write the done row first"
+        )
+    folder = f"{root}/tables/regions/{image_id}"
+    fs.invalidate_cache(folder)
+    try:
+        found = fs.find(folder)
+    except FileNotFoundError:
+        found = []
+    keep = f"{folder}/{keep_run_id}.parquet"
+    removed = [p for p in found if p != keep]
+    for path in removed:
+        fs.rm_file(path)
+    if not is_local(fs):
+        fs.invalidate_cache(folder)
+    return [results_path(fs, p) for p in removed]
+
+
+def _visible_regions(
+    fs: fsspec.AbstractFileSystem, root: str, images: pa.Table
+) -> pads.Dataset | pa.Table:
+    done = _latest(images.to_pylist(), ("done",))
+    existing = set(list_parquet(fs, f"{root}/tables/regions"))
+    paths, missing = [], []
+    for image_id, row in sorted(done.items()):
+        path = f"{root}/tables/regions/{image_id}/{row['run_id']}.parquet"
+        (paths if path in existing else missing).append(path)
+    if missing:
+        warnings.warn(
+            f"{len(missing)} done image(s) have no regions file, e.g. {missing[0]}; "
+            "their regions are not shown",
+            stacklevel=3,
+        )
+    if not paths:
+        return REGIONS_SCHEMA.empty_table()
+    return pads.dataset(paths, schema=REGIONS_SCHEMA, format="parquet", filesystem=arrow_fs(fs))
+
+
+def open_results(
+    results: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Open a results folder as a read-only in-memory DuckDB connection.
+
+    Views:
+
+    * ``regions`` — one row per region of each image's latest ``done`` run; files of
+      crashed, failed or superseded runs are never read.
+    * ``images`` — one row per image and run (status running / done / failed / skipped).
+    * ``images_latest`` — each image's current state (latest non-skipped row).
+    * ``runs`` — one row per run.
+
+    The tables are read through pyarrow (local files or fsspec, e.g. s3fs), so no DuckDB
+    extension is needed. ``images`` and ``runs`` are loaded at open time; ``regions`` is
+    scanned lazily (only the columns a query needs). The connection is a snapshot: reopen
+    to see later runs. File system access is disabled and the configuration locked, so SQL
+    cannot write (``COPY ... TO``), read other files or attach databases; in-memory tables
+    may be created and vanish with the connection.
+
+    Parameters
+    ----------
+    results : str or PathLike
+        Results folder, local path or ``s3://`` URL.
+    storage_options : dict, optional
+        fsspec options for remote results (e.g. ``{"client_kwargs": {"endpoint_url": ...}}``).
+
+    Returns
+    -------
+    duckdb.DuckDBPyConnection
+
+    Raises
+    ------
+    ResultsError
+        ``results`` has no ``tables/`` folder.
+
+    Examples
+    --------
+    >>> con = open_results("results/")  # doctest: +SKIP
+    >>> con.sql("select class, count(*) from regions group by class").show()  # doctest: +SKIP
+    """
+    fs, root = resolve(results, storage_options)
+    require_results(fs, root, results)
+    images = _images_table(fs, root)
+    runs = read_files(fs, list_parquet(fs, f"{root}/tables/runs"), RUNS_SCHEMA)
+    regions = _visible_regions(fs, root, images)
+    latest = _latest(images.to_pylist(), ("running", "done", "failed"))
+    images_latest = pa.Table.from_pylist(list(latest.values()), schema=IMAGES_SCHEMA)
+
+    con = duckdb.connect(":memory:")
+    for name, obj in (
+        ("_regions_src", regions),
+        ("_images_src", images),
+        ("_images_latest_src", images_latest),
+        ("_runs_src", runs),
+    ):
+        con.register(name, obj)
+    con.execute("CREATE VIEW regions AS SELECT * FROM _regions_src")
+    con.execute("CREATE VIEW images AS SELECT * FROM _images_src ORDER BY image_id, updated_at")
+    con.execute("CREATE VIEW images_latest AS SELECT * FROM _images_latest_src ORDER BY image_id")
+    con.execute("CREATE VIEW runs AS SELECT * FROM _runs_src ORDER BY started_at, run_id")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con

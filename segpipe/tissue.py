@@ -1,0 +1,233 @@
+"""Foreground (tissue) masks from a low-resolution level, and the blocks worth processing.
+
+The mask is computed once per image on a thumbnail (a low pyramid level, typically
+≤ 1024 px a side); only full-resolution blocks that touch the mask are read and predicted
+(``DESIGN.md``: chunks outside the foreground are never read at full resolution).
+
+* brightfield (H&E, RGB): Otsu on the HSV saturation — stained tissue is coloured, glass
+  is white or grey whatever the illumination;
+* fluorescence: Otsu on the smoothed intensity (dark glass vs autofluorescent tissue and
+  nuclei; smoothing turns dense nuclei into a continuous foreground);
+* grey (industrial): Otsu on the smoothed intensity, foreground = the side the image
+  border is *not* on.
+
+The cut is moved halfway from the Otsu threshold towards the background class mean, so a
+thumbnail pixel only partly covered by tissue still counts as foreground.
+
+Industrial parts and fully covered slides usually fill the frame; Otsu then splits one
+class in two. When the split is weak — Otsu's effectiveness (between-class variance over
+total variance) below ``min_separation`` — everything is foreground.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import morphology
+from skimage.color import rgb2hsv
+from skimage.filters import threshold_otsu
+
+from segpipe.errors import ConfigError
+
+__all__ = [
+    "MIN_SEPARATION",
+    "tissue_mask",
+    "otsu_separation",
+    "select_blocks",
+    "block_fraction_skipped",
+]
+
+#: Otsu effectiveness below which a split is "weak" (one unimodal class): a Gaussian
+#: histogram gives 2/π ≈ 0.64, a uniform one 0.75; a clear two-class image gives > 0.85.
+MIN_SEPARATION = 0.78
+_MODALITIES = {
+    "brightfield": "brightfield",
+    "he": "brightfield",
+    "rgb": "brightfield",
+    "fluorescence": "fluorescence",
+    "grey": "grey",
+    "gray": "grey",
+    "industrial": "grey",
+}
+
+
+def otsu_separation(values: np.ndarray) -> tuple[float, float]:
+    """Otsu threshold of ``values`` and its effectiveness η = σ²_between / σ²_total in [0, 1].
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> two = np.concatenate([rng.normal(0, 1, 1000), rng.normal(10, 1, 1000)])
+    >>> round(otsu_separation(two)[1], 2) > 0.9
+    True
+    """
+    v = np.asarray(values, np.float64).ravel()
+    total = float(v.var())
+    if v.size < 2 or total <= 1e-12:
+        return float(v.mean()) if v.size else 0.0, 0.0
+    t = float(threshold_otsu(v))
+    low, high = v[v <= t], v[v > t]
+    if low.size == 0 or high.size == 0:
+        return t, 0.0
+    w0, w1 = low.size / v.size, high.size / v.size
+    between = w0 * w1 * (float(low.mean()) - float(high.mean())) ** 2
+    return t, float(between / total)
+
+
+def _remove_small_objects(mask: np.ndarray, size: int) -> np.ndarray:
+    try:  # scikit-image >= 0.26
+        return morphology.remove_small_objects(mask, max_size=size)
+    except TypeError:  # pragma: no cover - older scikit-image
+        return morphology.remove_small_objects(mask, min_size=size + 1)
+
+
+def _remove_small_holes(mask: np.ndarray, size: int) -> np.ndarray:
+    try:
+        return morphology.remove_small_holes(mask, max_size=size)
+    except TypeError:  # pragma: no cover
+        return morphology.remove_small_holes(mask, area_threshold=size + 1)
+
+
+def _score(thumb: np.ndarray, modality: str) -> np.ndarray:
+    """Per-pixel foreground score (higher = more likely foreground, except grey)."""
+    img = np.asarray(thumb, np.float32)
+    if modality == "brightfield":
+        if img.shape[0] >= 3:
+            rgb = np.moveaxis(img[:3], 0, -1)
+            rgb = rgb / max(float(rgb.max()), 1e-6)
+            score = rgb2hsv(rgb)[..., 1]
+        else:  # grey brightfield: dark objects on bright
+            score = 1.0 - img[0] / max(float(img[0].max()), 1e-6)
+        return ndi.gaussian_filter(score, 1.0)
+    # fluorescence / grey: per-channel robust scaling, max over channels
+    chans = []
+    for c in img:
+        lo, hi = np.percentile(c, (0.5, 99.5))
+        chans.append((c - lo) / max(float(hi - lo), 1e-6))
+    score = np.max(chans, axis=0)
+    sigma = 2.0 if modality == "fluorescence" else 1.0
+    return ndi.gaussian_filter(score, sigma)
+
+
+def tissue_mask(
+    thumb: np.ndarray,
+    modality: str,
+    *,
+    min_separation: float = MIN_SEPARATION,
+    min_object_fraction: float = 0.001,
+    max_hole_fraction: float = 0.01,
+) -> np.ndarray:
+    """Foreground mask of a low-resolution image.
+
+    Parameters
+    ----------
+    thumb : (C, y, x) ndarray
+        A low pyramid level (any dtype); C = 3 for RGB brightfield.
+    modality : {"brightfield", "fluorescence", "grey"}
+        As :attr:`segpipe.io.ImageSource.modality` (``"he"`` is taken as brightfield).
+    min_separation : float
+        Otsu effectiveness below which everything is foreground (see module docstring).
+    min_object_fraction : float
+        Objects smaller than this fraction of the thumbnail are removed.
+    max_hole_fraction : float
+        Holes smaller than this fraction of the thumbnail are filled.
+
+    Returns
+    -------
+    (y, x) bool ndarray
+
+    Examples
+    --------
+    >>> thumb = np.full((3, 64, 64), 240, np.uint8)
+    >>> thumb[:, 16:48, 16:48] = np.array([200, 120, 180])[:, None, None]  # pink tissue
+    >>> mask = tissue_mask(thumb, "brightfield")
+    >>> bool(mask[32, 32]), bool(mask[2, 2])
+    (True, False)
+    """
+    thumb = np.asarray(thumb)
+    if thumb.ndim == 2:
+        thumb = thumb[None]
+    if thumb.ndim != 3 or min(thumb.shape[1:]) < 1:
+        raise ConfigError(f"thumb shape {thumb.shape}: give a (C, y, x) array")
+    mode = _MODALITIES.get(modality)
+    if mode is None:
+        raise ConfigError(f"modality={modality!r}: use brightfield, fluorescence or grey")
+    score = _score(thumb, mode)
+    threshold, separation = otsu_separation(score)
+    if separation < min_separation:
+        return np.ones(score.shape, bool)
+    # Lean towards foreground: halfway between the background class mean and the Otsu
+    # threshold, so thumbnail pixels only partly covered by tissue are kept.
+    low_mean = float(score[score <= threshold].mean())
+    high_mean = float(score[score > threshold].mean())
+    border = np.concatenate([score[0], score[-1], score[:, 0], score[:, -1]])
+    bright_background = mode == "grey" and float(np.median(border)) > threshold
+    if bright_background:  # grey: the background is the bright side
+        mask = score < threshold + 0.5 * (high_mean - threshold)
+    else:
+        mask = score > threshold - 0.5 * (threshold - low_mean)
+    area = mask.size
+    mask = (
+        ndi.binary_closing(mask, morphology.disk(2), border_value=0)
+        if min(mask.shape) > 8
+        else mask
+    )
+    mask = _remove_small_objects(mask, int(min_object_fraction * area))
+    mask = _remove_small_holes(mask, int(max_hole_fraction * area))
+    return mask
+
+
+def select_blocks(mask: np.ndarray, shape: tuple[int, int], block: int) -> list[tuple[int, int]]:
+    """Indices ``(by, bx)`` of the level-0 blocks that touch the foreground.
+
+    Every mask pixel is mapped to the level-0 rectangle it covers, after growing the mask by
+    one mask pixel on each side: a tissue edge that falls between two thumbnail pixels (or
+    was smoothed away) still selects its block, so no block with foreground is missed.
+
+    Parameters
+    ----------
+    mask : (y, x) bool ndarray
+        Foreground at low resolution (covering the whole level-0 image).
+    shape : (Y, X)
+        Level-0 size.
+    block : int
+        Block (chunk or shard) size in level-0 pixels.
+
+    Returns
+    -------
+    list of (by, bx), row-major.
+
+    Examples
+    --------
+    >>> mask = np.zeros((8, 8), bool); mask[0, 0] = True
+    >>> select_blocks(mask, (800, 800), 200)
+    [(0, 0)]
+    """
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 2 or block <= 0:
+        raise ConfigError(
+            f"select_blocks: mask must be 2-D (got {mask.shape}) and block > 0 (got {block})"
+        )
+    Y, X = (int(v) for v in shape)
+    my, mx = mask.shape
+    grown = ndi.binary_dilation(mask, np.ones((3, 3), bool))
+    integral = np.pad(grown.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sy, sx = Y / my, X / mx
+    blocks = []
+    for by in range(-(-Y // block)):
+        i0 = int(np.floor(by * block / sy))
+        i1 = min(int(np.ceil(min((by + 1) * block, Y) / sy)), my)
+        for bx in range(-(-X // block)):
+            j0 = int(np.floor(bx * block / sx))
+            j1 = min(int(np.ceil(min((bx + 1) * block, X) / sx)), mx)
+            total = integral[i1, j1] - integral[i0, j1] - integral[i1, j0] + integral[i0, j0]
+            if total > 0:
+                blocks.append((by, bx))
+    return blocks
+
+
+def block_fraction_skipped(mask: np.ndarray, shape: tuple[int, int], block: int) -> float:
+    """Fraction of level-0 blocks that :func:`select_blocks` leaves out."""
+    Y, X = (int(v) for v in shape)
+    total = (-(-Y // block)) * (-(-X // block))
+    return 1.0 - len(select_blocks(mask, shape, block)) / total

@@ -1,0 +1,82 @@
+"""cluster.connect / cluster_client / has_gpu_workers on real (tiny) Dask clusters."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from distributed import LocalCluster
+
+from segpipe.cluster import ADDRESS_ENV, cluster_client, connect, count_gpus, has_gpu_workers
+from segpipe.errors import ConfigError
+
+
+def _inc(x: int) -> int:
+    return x + 1
+
+
+def test_local_cluster_starts_and_closes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    with cluster_client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        assert client.submit(_inc, 1).result() == 2
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert len(workers) == 1
+        assert all(w["nthreads"] == 1 for w in workers.values())
+        cluster = client.cluster
+        assert cluster is not None
+        if count_gpus() == 0:
+            assert not has_gpu_workers(client)
+    assert client.status == "closed"
+    assert cluster.status.name == "closed"
+
+
+def test_dashboard_link_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    with cluster_client(n_workers=1, threads_per_worker=1, processes=False) as client:
+        assert client.dashboard_link.startswith("http")
+
+
+def test_address_from_env_var_and_gpu_resources(monkeypatch: pytest.MonkeyPatch) -> None:
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        dashboard_address=None,
+        resources={"GPU": 1},
+    ) as cluster:
+        monkeypatch.setenv(ADDRESS_ENV, cluster.scheduler_address)
+        client = connect()
+        try:
+            assert client.scheduler.address == cluster.scheduler_address
+            assert client.submit(_inc, 41, resources={"GPU": 1}).result() == 42
+            assert has_gpu_workers(client)
+        finally:
+            client.close()
+        # the client did not start the cluster, so closing it leaves the cluster running
+        assert cluster.status.name == "running"
+        # an explicit address wins over the environment
+        monkeypatch.setenv(ADDRESS_ENV, "tcp://127.0.0.1:1")
+        with cluster_client(cluster.scheduler_address) as client:
+            assert client.submit(_inc, 1).result() == 2
+
+
+def test_unreachable_address_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ADDRESS_ENV, "tcp://127.0.0.1:9")
+    with pytest.raises(ConfigError, match="127.0.0.1:9"):
+        connect(timeout="1s")
+
+
+def test_count_gpus_respects_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    if "torch" in sys.modules:
+        pytest.skip("torch already imported: count_gpus asks torch instead")
+    assert count_gpus() == 0
+    assert "torch" not in sys.modules  # counting never imports torch
+
+
+def test_module_does_not_import_torch() -> None:
+    import subprocess
+
+    code = "import sys, segpipe.cluster; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

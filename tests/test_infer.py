@@ -1,0 +1,257 @@
+"""End to end: an ingested OME-Zarr segmented block by block equals the whole-image result.
+
+The same image is segmented in this process, on the 2-worker ``dask_client`` LocalCluster
+and on a separate ``dask scheduler`` + ``dask worker`` pair started as subprocesses; all
+must give identical labels and region tables. The classical model runs on a synthetic
+fluorescence slide; the learned ``nuclei`` model is tried too once its weights exist.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from segpipe.infer import SegmentResult, segment_image
+from segpipe.ingest import IngestSpec, ingest_image, read_meta
+from segpipe.io import zarr_store
+from segpipe.predict import segment_window
+from segpipe.tiling import BlockGrid
+
+CHUNK = 128
+SHAPE = (520, 650)  # not a multiple of the chunk: partial blocks on both edges
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A synthetic fluorescence slide (with ground truth), ingested in 128-px chunks."""
+    from segpipe.synthetic import write_slide
+
+    root = tmp_path_factory.mktemp("infer")
+    info = write_slide(
+        root / "slide.tif", shape=SHAPE, kind="fluorescence", seed=3, tissue_fraction=0.4,
+        mpp=0.5, tile=128, density=0.45,
+    )  # fmt: skip
+    url = str(root / "slide.ome.zarr")
+    ingest_image(str(info.path), url, IngestSpec(chunk=CHUNK, min_size=256))
+    return url, info.labels_path
+
+
+def read_labels(url: str, name: str) -> np.ndarray:
+    group = zarr.open_group(store=zarr_store(url, read_only=True), mode="r")
+    return np.asarray(group[f"labels/{name}/0"][...])
+
+
+def read_image(url: str) -> np.ndarray:
+    group = zarr.open_group(store=zarr_store(url, read_only=True), mode="r")
+    return np.asarray(group["0"][...])
+
+
+def assert_same_partition(tiled: np.ndarray, whole: np.ndarray) -> None:
+    np.testing.assert_array_equal(tiled > 0, whole > 0)
+    fg = whole > 0
+    pairs = np.unique(np.stack([tiled[fg], whole[fg]]), axis=1)
+    assert pairs.shape[1] == len(np.unique(tiled[fg])) == len(np.unique(whole[fg]))
+
+
+def assert_same_result(a: SegmentResult, b: SegmentResult, url_a: str, url_b: str) -> None:
+    np.testing.assert_array_equal(read_labels(url_a, a.label_name), read_labels(url_b, b.label_name))
+    assert a.n_regions == b.n_regions
+    for name, col in a.columns.items():
+        if col.dtype == object:
+            assert col.tolist() == b.columns[name].tolist(), name
+        else:
+            np.testing.assert_allclose(col, b.columns[name], rtol=1e-12, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def local_result(slide: tuple[str, Path]) -> SegmentResult:
+    url, _ = slide
+    return segment_image(url, "classical", label_name="local", blocks="all")
+
+
+def test_tiled_equals_whole_image_exactly(slide, local_result) -> None:
+    url, _ = slide
+    image = read_image(url)
+    meta = read_meta(url)
+    whole = segment_window("classical", image, local_result.stats, (0, 0), meta.modality).labels
+    tiled = read_labels(url, "local")
+    assert tiled.dtype == np.uint32 and tiled.shape == SHAPE
+    assert_same_partition(tiled, whole)
+    assert local_result.n_regions == len(np.unique(whole)) - 1 > 20
+    assert local_result.blocks_processed == local_result.blocks_total == 5 * 6
+    # region table: one row per label, measured over whole objects
+    cols = local_result.columns
+    assert sorted(cols["label"].tolist()) == sorted(np.unique(tiled[tiled > 0]).tolist())
+    areas = dict(zip(*np.unique(tiled[tiled > 0], return_counts=True), strict=True))
+    assert [areas[v] for v in cols["label"]] == cols["area_px"].tolist()
+    assert (cols["image_id"] == "slide").all() and (cols["class"] == "object").all()
+    np.testing.assert_allclose(cols["area_um2"], cols["area_px"] * 0.25)
+
+
+def test_no_ground_truth_nucleus_is_split_at_a_block_border(slide, local_result) -> None:
+    url, truth_path = slide
+    truth = tifffile.imread(truth_path)
+    tiled = read_labels(url, "local")
+    grid = BlockGrid(SHAPE, CHUNK, local_result.halo)
+    by = np.arange(SHAPE[0])[:, None] // CHUNK
+    bx = np.arange(SHAPE[1])[None, :] // CHUNK
+    block_id = np.broadcast_to(by * grid.grid_shape[1] + bx, SHAPE)
+    straddling = split = 0
+    for t in np.unique(truth[truth > 0]):
+        inside = (truth == t) & (tiled > 0)
+        if not inside.any() or len(np.unique(block_id[inside])) < 2:
+            continue
+        straddling += 1
+        split += len(np.unique(tiled[inside])) > 1 and _connected_in_one(inside)
+    assert straddling >= 10, "the test slide should have nuclei on block borders"
+    assert split == 0
+
+
+def _connected_in_one(mask: np.ndarray) -> bool:
+    """A nucleus whose detected pixels are one 4-connected piece must carry one id."""
+    from skimage.measure import label
+
+    return label(mask, connectivity=1).max() == 1
+
+
+def test_background_blocks_are_never_read_nor_predicted(slide, tmp_path, monkeypatch) -> None:
+    """Poison level 0 of the skipped blocks in a copy: the labels must not change."""
+    import shutil
+
+    import segpipe.infer
+
+    url, _ = slide
+    # this image is small enough for level 0 to be its own thumbnail; use level 1 instead,
+    # as a whole slide would, so that level 0 is only read block by block
+    monkeypatch.setattr(segpipe.infer, "STATS_SIDE", 400)
+    segment_image(url, "classical", label_name="all-blocks", blocks="all")
+    result = segment_image(url, "classical", label_name="tissue")
+    skipped = sorted(set(BlockGrid(SHAPE, CHUNK).blocks()) - set(result.processed))
+    assert result.blocks_skipped == len(skipped) > 0
+    assert result.blocks_processed + result.blocks_skipped == result.blocks_total
+    labels = read_labels(url, "tissue")
+    full = read_labels(url, "all-blocks")
+    grid = BlockGrid(SHAPE, CHUNK)
+    for b in skipped:
+        y0, x0, y1, x1 = grid.core(b)
+        assert not labels[y0:y1, x0:x1].any()
+    for b in result.processed:  # processed blocks see exactly what a full run sees
+        y0, x0, y1, x1 = grid.core(b)
+        np.testing.assert_array_equal(labels[y0:y1, x0:x1] > 0, full[y0:y1, x0:x1] > 0)
+    poisoned = str(tmp_path / "poisoned.ome.zarr")
+    shutil.copytree(url, poisoned)
+    # processed windows reach into skipped blocks by the halo; poison everything beyond
+    seen = np.zeros(SHAPE, bool)
+    for b in result.processed:
+        y0, x0, y1, x1 = BlockGrid(SHAPE, CHUNK, result.halo).window(b)
+        seen[y0:y1, x0:x1] = True
+    level0 = zarr.open_array(store=zarr_store(poisoned + "/0"), mode="r+")
+    image = np.asarray(level0[...])
+    image[:, ~seen] = 255  # would be one big object wherever it were predicted
+    level0[...] = image
+    assert (~seen).sum() > CHUNK * CHUNK
+    again = segment_image(poisoned, "classical", label_name="tissue")
+    assert again.processed == result.processed
+    np.testing.assert_array_equal(read_labels(poisoned, "tissue"), labels)
+
+
+def test_local_cluster_gives_identical_labels_and_table(slide, local_result, dask_client) -> None:
+    url, _ = slide
+    seen: list[tuple[int, int]] = []
+    result = segment_image(url, "classical", label_name="cluster", client=dask_client,
+                           blocks="all", progress=lambda d, t: seen.append((d, t)))  # fmt: skip
+    assert_same_result(local_result, result, url, url)
+    assert seen[-1] == (2 * result.blocks_processed, 2 * result.blocks_processed)
+    # the temporary provisional array is gone, the labels are registered with a pyramid
+    group = zarr.open_group(store=zarr_store(url, read_only=True), mode="r")
+    assert not any(k.startswith("_segpipe_tmp") for k in group.keys())
+    assert "cluster" in group["labels"].attrs["ome"]["labels"]
+    assert "1" in group["labels/cluster"]
+
+
+@pytest.fixture()
+def separate_cluster(tmp_path: Path) -> Iterator[Any]:
+    """``dask scheduler`` and one ``dask worker`` as separate processes, joined by address."""
+    from distributed import Client
+
+    bindir = Path(sys.executable).parent
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(
+        [str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+         "--no-dashboard", "--scheduler-file", str(sched_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        import json
+
+        address = json.loads(sched_file.read_text())["address"]
+        procs.append(subprocess.Popen(
+            [str(bindir / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
+             "--no-dashboard", "--memory-limit", "2GB"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        ))  # fmt: skip
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+            yield client
+    finally:
+        procs[-1].kill()  # the worker: no graceful shutdown needed, it holds nothing
+        for proc in procs:
+            proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_separate_scheduler_and_worker_give_identical_result(
+    slide, local_result, separate_cluster
+) -> None:
+    url, _ = slide
+    result = segment_image(url, "classical", label_name="remote", client=separate_cluster,
+                           blocks="all")  # fmt: skip
+    assert_same_result(local_result, result, url, url)
+
+
+def test_explicit_blocks_and_bad_arguments(slide) -> None:
+    from segpipe.errors import ConfigError
+
+    url, _ = slide
+    with pytest.raises(ConfigError, match="halo"):
+        segment_image(url, "classical", halo=1, blocks="all")
+    with pytest.raises(ConfigError, match="outside"):
+        segment_image(url, "classical", blocks=[(99, 0)])
+    result = segment_image(url, "classical", label_name="two", blocks=[(2, 3), (2, 4)])
+    assert (result.blocks_processed, result.blocks_skipped) == (2, 28)
+    labels = read_labels(url, "two")
+    assert not labels[:256].any() and not labels[384:].any()
+
+
+def test_learned_nuclei_model_when_its_weights_exist(slide) -> None:
+    from segpipe.models import is_installed
+
+    if not is_installed("nuclei"):
+        pytest.skip("the nuclei model's weights are not trained yet (train owner)")
+    url, _ = slide
+    result = segment_image(url, "nuclei", label_name="nuclei-test", blocks="all")
+    image = read_image(url)
+    whole = segment_window("nuclei", image, result.stats, (0, 0), read_meta(url).modality,
+                           result.scale).labels  # fmt: skip
+    tiled = read_labels(url, "nuclei-test")
+    # objects smaller than the halo (all nuclei here) are reproduced exactly
+    np.testing.assert_array_equal(tiled > 0, whole > 0)
+    assert result.n_regions == len(np.unique(whole)) - 1

@@ -1,0 +1,229 @@
+"""ingest_image: source → OME-Zarr pyramid, checked level by level against a reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from segpipe.errors import ConfigError, ImageReadError
+from segpipe.ingest import (
+    ImageMeta,
+    IngestSpec,
+    downsample2,
+    ingest_image,
+    is_complete,
+    level_shapes_for,
+    read_meta,
+)
+from segpipe.io import open_image, zarr_store
+
+
+def reference_pyramid(level0: np.ndarray, min_size: int) -> list[np.ndarray]:
+    """Independent oracle: mean of the (up to 4) pixels under each output pixel, rounded."""
+    out = [level0]
+    while max(out[-1].shape[1:]) > min_size:
+        a = out[-1].astype(np.float64)
+        c, y, x = a.shape
+        ny, nx = (y + 1) // 2, (x + 1) // 2
+        total = np.zeros((c, ny, nx))
+        count = np.zeros((1, ny, nx))
+        for dy in (0, 1):
+            for dx in (0, 1):
+                part = a[:, dy::2, dx::2]
+                total[:, : part.shape[1], : part.shape[2]] += part
+                count[:, : part.shape[1], : part.shape[2]] += 1
+        mean = total / count
+        if np.issubdtype(level0.dtype, np.integer):
+            mean = np.floor(mean + 0.5)
+        out.append(mean.astype(level0.dtype))
+    return out
+
+
+def _read_levels(url: str, storage_options: dict[str, Any] | None = None) -> list[np.ndarray]:
+    root = zarr.open_group(store=zarr_store(url, storage_options, read_only=True), mode="r")
+    paths = [d["path"] for d in root.attrs["ome"]["multiscales"][0]["datasets"]]
+    return [np.asarray(root[p][...]) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def odd_rgb(tmp_path_factory: pytest.TempPathFactory, io_helpers: Any) -> tuple[str, np.ndarray]:
+    """2503 × 1979 RGB pyramid TIFF (odd sizes on purpose)."""
+    path = tmp_path_factory.mktemp("src") / "odd.tif"
+    data = io_helpers.smooth_image((3, 2503, 1979), np.uint8, seed=5)
+    io_helpers.write_generic_pyramid(path, data, n_levels=2, resolution_cm_mpp=0.5)
+    return str(path), data
+
+
+def test_level_shapes_and_downsample_core() -> None:
+    assert level_shapes_for((10007, 7919), 1024) == [
+        (10007, 7919),
+        (5004, 3960),
+        (2502, 1980),
+        (1251, 990),
+        (626, 495),
+    ]
+    assert level_shapes_for((500, 300), 1024) == [(500, 300)]
+    a = np.arange(3 * 5 * 7, dtype=np.uint16).reshape(3, 5, 7)
+    np.testing.assert_array_equal(downsample2(a), reference_pyramid(a, 1)[1])
+    f = np.random.default_rng(0).random((2, 9, 4), dtype=np.float32)
+    np.testing.assert_allclose(downsample2(f), reference_pyramid(f, 1)[1], rtol=1e-6)
+
+
+def test_round_trip_odd_sizes_unsharded(odd_rgb: tuple[str, np.ndarray], tmp_path: Path) -> None:
+    source, data = odd_rgb
+    url = str(tmp_path / "odd.ome.zarr")
+    meta = ingest_image(source, url, IngestSpec(chunk=256, min_size=300))
+    assert isinstance(meta, ImageMeta)
+    assert meta.shape == (2503, 1979) and meta.n_channels == 3 and meta.dtype == np.uint8
+    assert meta.mpp == pytest.approx(0.5) and meta.modality == "brightfield"
+    assert meta.levels == level_shapes_for((2503, 1979), 300)
+    got = _read_levels(url)
+    want = reference_pyramid(data, 300)
+    assert len(got) == len(want) == 5
+    for level, (g, w) in enumerate(zip(got, want, strict=True)):
+        np.testing.assert_array_equal(g, w, err_msg=f"level {level}")
+    arr = zarr.open_group(url, mode="r")["0"]
+    assert arr.chunks == (3, 256, 256) and arr.shards is None
+    assert "zstd" in json.dumps(arr.metadata.to_dict()["codecs"]).lower()
+    assert read_meta(url) == meta
+    assert is_complete(url)
+
+
+def test_round_trip_sharded_on_cluster(tmp_path: Path, io_helpers: Any, dask_client: Any) -> None:
+    path = tmp_path / "multi.ome.tif"
+    data = io_helpers.smooth_image((2, 701, 905), np.uint16, seed=2)
+    io_helpers.write_ome_tiff(path, data, n_levels=2, mpp=0.325, channel_names=["DAPI", "GFP"])
+    url = str(tmp_path / "multi.ome.zarr")
+    meta = ingest_image(
+        str(path),
+        url,
+        IngestSpec(chunk=128, shard=256, compression="blosc", min_size=200),
+        client=dask_client,
+    )
+    assert meta.channel_names == ["DAPI", "GFP"] and meta.modality == "fluorescence"
+    for g, w in zip(_read_levels(url), reference_pyramid(data, 200), strict=True):
+        np.testing.assert_array_equal(g, w)
+    root = zarr.open_group(url, mode="r")
+    assert root["0"].chunks == (2, 128, 128) and root["0"].shards == (2, 256, 256)
+    ome = root.attrs["ome"]
+    assert ome["version"] == "0.5"
+    ms = ome["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert ms["axes"][2]["unit"] == "micrometer"
+    scales = [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]]
+    assert scales[0] == pytest.approx([1.0, 0.325, 0.325])
+    assert scales[2] == pytest.approx([1.0, 1.3, 1.3])
+    assert [c["label"] for c in ome["omero"]["channels"]] == ["DAPI", "GFP"]
+    assert root.attrs["segpipe"]["complete"] is True
+    # the result reads back through segpipe's own reader with the same metadata
+    with open_image(url) as src:
+        assert src.mpp == pytest.approx(0.325) and src.channel_names == ["DAPI", "GFP"]
+        np.testing.assert_array_equal(
+            src.read_region(0, 100, 50, 300, 420), data[:, 100:300, 50:420]
+        )
+
+
+def test_ome_zarr_reader_opens_result(odd_rgb: tuple[str, np.ndarray], tmp_path: Path) -> None:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    source, data = odd_rgb
+    url = str(tmp_path / "for-reader.ome.zarr")
+    ingest_image(source, url, IngestSpec(chunk=512, shard=1024, min_size=700))
+    nodes = list(Reader(parse_url(url))())
+    assert nodes and nodes[0].load(Multiscales) is not None
+    pyramid = nodes[0].data
+    assert [tuple(p.shape) for p in pyramid] == [(3, 2503, 1979), (3, 1252, 990), (3, 626, 495)]
+    np.testing.assert_array_equal(
+        np.asarray(pyramid[0][:, 1000:1100, 7:99]), data[:, 1000:1100, 7:99]
+    )
+
+
+def test_s3_source_and_target(s3: Any, tmp_path: Path, io_helpers: Any, dask_client: Any) -> None:
+    data = io_helpers.smooth_image((3, 333, 517), np.uint8, seed=9)
+    local = tmp_path / "slide.svs"
+    levels = io_helpers.write_svs(local, data)
+    bucket = s3.bucket("ingest")
+    s3.fs.put(str(local), f"{bucket}/archive/slide.svs")
+    url = f"s3://{bucket}/results/images/slide.ome.zarr"
+    meta = ingest_image(
+        f"s3://{bucket}/archive/slide.svs",
+        url,
+        IngestSpec(chunk=128, min_size=100),
+        client=dask_client,
+        storage_options=s3.storage_options,
+    )
+    assert meta.mpp == pytest.approx(0.25) and meta.levels[0] == (333, 517)
+    assert is_complete(url, s3.storage_options)
+    assert read_meta(url, s3.storage_options) == meta
+    got = _read_levels(url, s3.storage_options)
+    with open_image(str(local)) as src:  # the SVS is JPEG: compare with its own decode
+        level0 = src.read_region(0, 0, 0, 333, 517)
+    assert np.abs(level0.astype(int) - levels[0].astype(int)).mean() < 4
+    for g, w in zip(got, reference_pyramid(level0, 100), strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_crash_leftover_is_replaced(odd_rgb: tuple[str, np.ndarray], tmp_path: Path) -> None:
+    source, data = odd_rgb
+    url = tmp_path / "half.ome.zarr"
+    root = zarr.open_group(str(url), mode="w", zarr_format=3)
+    root.create_array("0", shape=(1, 10, 10), dtype=np.float32)
+    root.attrs["segpipe"] = {"complete": False}
+    (url / "junk.bin").write_bytes(b"left over")
+    assert not is_complete(str(url))
+    ingest_image(source, str(url), IngestSpec(chunk=1024, min_size=1024))
+    assert not (url / "junk.bin").exists()
+    assert is_complete(str(url))
+    got = _read_levels(str(url))
+    assert got[0].shape == (3, 2503, 1979) and got[0].dtype == np.uint8
+    np.testing.assert_array_equal(got[0], data)
+
+
+def test_is_complete_and_read_meta_on_missing(tmp_path: Path) -> None:
+    assert not is_complete(str(tmp_path / "nothing.ome.zarr"))
+    with pytest.raises(ImageReadError, match="nothing.ome.zarr"):
+        read_meta(str(tmp_path / "nothing.ome.zarr"))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"chunk": 15}, {"chunk": 100, "shard": 150}, {"compression": "lzma"}, {"min_size": 0}],
+)
+def test_spec_validation(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="IngestSpec"):
+        IngestSpec(**kwargs)
+
+
+def test_png_single_level_grey(tmp_path: Path, io_helpers: Any) -> None:
+    path = tmp_path / "g16.png"
+    data = io_helpers.smooth_image((1, 301, 203), np.uint16)
+    io_helpers.write_png(path, data)
+    url = str(tmp_path / "g16.ome.zarr")
+    meta = ingest_image(str(path), url, IngestSpec(chunk=64, min_size=64))
+    assert meta.mpp is None and meta.levels[-1] == (38, 26)
+    root = zarr.open_group(url, mode="r")
+    assert "unit" not in root.attrs["ome"]["multiscales"][0]["axes"][1]
+    for g, w in zip(_read_levels(url), reference_pyramid(data, 64), strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.slow
+def test_issue_size_10007_x_7919(tmp_path: Path) -> None:
+    import tifffile
+
+    path = tmp_path / "big.tif"
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 255, (10007, 7919), np.uint8)
+    tifffile.imwrite(path, data, tile=(512, 512), compression="zlib")
+    url = str(tmp_path / "big.ome.zarr")
+    meta = ingest_image(str(path), url)
+    assert meta.levels == level_shapes_for((10007, 7919))
+    got = _read_levels(url)
+    for g, w in zip(got, reference_pyramid(data[np.newaxis], 1024), strict=True):
+        np.testing.assert_array_equal(g, w)

@@ -1,0 +1,151 @@
+"""Channel modes and percentile normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.color import rgb2hed
+
+from segpipe.errors import ConfigError
+from segpipe.models import BUILTIN_CARDS
+from segpipe.models.testing import tiny_card
+from segpipe.normalize import (
+    ImageStats,
+    convert_channels,
+    image_stats,
+    prepare,
+    stats_from_image,
+    thumbnail,
+)
+
+GREY = BUILTIN_CARDS["classical"]
+NUCLEAR = BUILTIN_CARDS["nuclei"]
+RGB = tiny_card("semantic", in_channels=3, channel_mode="rgb")
+
+
+def he_image(seed: int = 0, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """An H&E-like RGB image (C, Y, X) uint8 with purple nuclei on pink; and the nuclei mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    nuclei = np.zeros((size, size), bool)
+    for cy, cx in rng.integers(6, size - 6, (8, 2)):
+        nuclei |= (yy - cy) ** 2 + (xx - cx) ** 2 < 16
+    img = np.empty((3, size, size), np.float32)
+    img[:] = np.array([235, 180, 210], np.float32)[:, None, None]  # eosin-pink background
+    img[:, nuclei] = np.array([90, 60, 150], np.float32)[:, None]  # hematoxylin-purple nuclei
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), nuclei
+
+
+def test_fluorescence_uses_the_first_channel() -> None:
+    raw = np.stack([np.full((4, 5), 7, np.uint16), np.full((4, 5), 99, np.uint16)])
+    for mode in ("grey", "nuclear"):
+        out = convert_channels(raw, mode, "fluorescence")
+        assert out.shape == (1, 4, 5) and out.dtype == np.float32
+        assert (out == 7).all()
+
+
+def test_brightfield_grey_is_inverted_so_objects_are_bright() -> None:
+    img, nuclei = he_image()
+    grey = convert_channels(img, "grey", "brightfield")[0]
+    assert grey[nuclei].mean() > grey[~nuclei].mean() + 50
+
+
+def test_grey_modality_with_rgb_uses_luminance() -> None:
+    raw = np.zeros((3, 2, 2), np.uint8)
+    raw[1] = 100
+    out = convert_channels(raw, "grey", "grey")
+    np.testing.assert_allclose(out, 71.54, rtol=1e-5)
+
+
+def test_nuclear_he_matches_skimage_hematoxylin() -> None:
+    img, nuclei = he_image()
+    h = convert_channels(img, "nuclear", "brightfield")[0]
+    reference = rgb2hed(np.moveaxis(img, 0, -1))[..., 0]
+    assert np.corrcoef(h.ravel(), reference.ravel())[0, 1] > 0.999
+    assert h[nuclei].mean() > h[~nuclei].mean()
+
+
+def test_rgb_mode() -> None:
+    grey = np.arange(6, dtype=np.uint8).reshape(1, 2, 3)
+    out = convert_channels(grey, "rgb", "grey")
+    assert out.shape == (3, 2, 3) and (out == grey).all()
+    rgba = np.random.default_rng(0).integers(0, 255, (4, 2, 3)).astype(np.uint8)
+    out = convert_channels(rgba, "rgb", "brightfield")
+    np.testing.assert_array_equal(out, rgba[:3])  # RGB as is, alpha dropped
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ConfigError, match="modality"):
+        convert_channels(np.zeros((1, 2, 2)), "grey", "xray")
+    with pytest.raises(ConfigError, match=r"\(C, Y, X\)"):
+        convert_channels(np.zeros((2, 2)), "grey", "grey")
+    with pytest.raises(ConfigError, match="channel_mode"):
+        convert_channels(np.zeros((1, 2, 2)), "lab", "grey")
+
+
+def test_image_stats_are_percentiles_after_conversion() -> None:
+    img, _ = he_image()
+    stats = image_stats(img, GREY, "brightfield")
+    grey = convert_channels(img, "grey", "brightfield")
+    assert stats.low == (pytest.approx(float(np.percentile(grey, 1.0)), rel=1e-5),)
+    assert stats.high == (pytest.approx(float(np.percentile(grey, 99.8)), rel=1e-5),)
+    assert stats.high[0] < 0  # inverted luminance
+    x = prepare(img, stats, GREY, "brightfield")
+    assert x.dtype == np.float32 and x.shape == (1, 64, 64)
+    assert np.mean(x < 0) == pytest.approx(0.01, abs=0.005)
+    assert np.mean(x > 1) == pytest.approx(0.002, abs=0.002)
+
+
+def test_rgb_stats_per_channel() -> None:
+    img, _ = he_image()
+    stats = image_stats(img, RGB, "brightfield")
+    assert len(stats.low) == 3 and all(
+        lo < hi for lo, hi in zip(stats.low, stats.high, strict=True)
+    )
+    assert prepare(img, stats, RGB, "brightfield").shape == (3, 64, 64)
+
+
+def test_prepare_of_a_crop_is_the_crop_of_prepare() -> None:
+    """Statistics are per image, so tiles agree exactly at their borders."""
+    img, _ = he_image(size=96)
+    stats = image_stats(img, NUCLEAR, "brightfield")
+    whole = prepare(img, stats, NUCLEAR, "brightfield")
+    crop = prepare(img[:, 17:60, 33:90], stats, NUCLEAR, "brightfield")
+    np.testing.assert_array_equal(crop, whole[:, 17:60, 33:90])
+
+
+def test_prepare_checks_the_stats_channels() -> None:
+    img, _ = he_image()
+    with pytest.raises(ConfigError, match="stats have 3 channels"):
+        prepare(img, image_stats(img, RGB, "brightfield"), GREY, "brightfield")
+
+
+def test_constant_image_does_not_divide_by_zero() -> None:
+    raw = np.full((1, 8, 8), 5, np.uint8)
+    stats = image_stats(raw, GREY, "grey")
+    x = prepare(raw, stats, GREY, "grey")
+    assert np.isfinite(x).all() and (x == 0).all()
+
+
+def test_thumbnail_and_stats_from_image() -> None:
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 200, (1, 1100, 900)).astype(np.uint8)
+    img[:, 100:300, 100:300] = 250
+    thumb = thumbnail(img, max_side=300)
+    assert thumb.shape == (1, 275, 225) and thumb.dtype == np.float32
+    assert thumb.mean() == pytest.approx(img.mean(), rel=0.01)
+    assert thumbnail(img, max_side=2048).shape == img.shape
+    stats = stats_from_image(img, GREY, "grey", max_side=300)
+    assert stats == image_stats(thumb, GREY, "grey")
+    assert stats.high[0] == pytest.approx(250, abs=1)
+
+
+def test_image_stats_validation_and_round_trip() -> None:
+    stats = ImageStats(low=(1, 2), high=[3.5, 4])
+    assert stats.low == (1.0, 2.0) and stats.high == (3.5, 4.0)
+    assert ImageStats.from_dict(stats.to_dict()) == stats
+    with pytest.raises(ConfigError):
+        ImageStats(low=(1.0,), high=(1.0, 2.0))
+    with pytest.raises(ConfigError):
+        ImageStats(low=(float("nan"),), high=(1.0,))

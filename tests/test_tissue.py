@@ -1,0 +1,178 @@
+"""Tests of segpipe.tissue: foreground masks on thumbnails and block selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage as ndi
+
+from segpipe.errors import ConfigError
+from segpipe.synthetic import SyntheticSlide, defects_sample, write_slide
+from segpipe.tissue import (
+    MIN_SEPARATION,
+    block_fraction_skipped,
+    otsu_separation,
+    select_blocks,
+    tissue_mask,
+)
+
+BLOCK = 1024
+
+
+def _truth_blocks(slide: SyntheticSlide, block: int, step: int = 8) -> set[tuple[int, int]]:
+    """Blocks that hold tissue, or a nucleus reaching out of it (≤ 24 px), at level 0."""
+    Y, X = slide.shape
+    tissue = slide.tissue(0, 0, Y // step, X // step, float(step)) > 0.5
+    tissue = ndi.binary_dilation(tissue, iterations=24 // step)
+    n = block // step
+    return {
+        (by, bx)
+        for by in range(-(-Y // block))
+        for bx in range(-(-X // block))
+        if tissue[by * n : (by + 1) * n, bx * n : (bx + 1) * n].any()
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "modality", "seed"),
+    [("he", "brightfield", 0), ("he", "brightfield", 3), ("fluorescence", "fluorescence", 1)],
+)
+def test_large_slide_skips_most_blocks_and_misses_none(kind: str, modality: str, seed: int) -> None:
+    # a 32k x 32k slide with ~40 % tissue, only ever looked at through a 512 px thumbnail
+    slide = SyntheticSlide((32768, 32768), kind, seed=seed, tissue_fraction=0.4)
+    thumb = slide.thumbnail(64)
+    mask = tissue_mask(thumb, modality)
+    assert 0.3 < mask.mean() < 0.55
+    blocks = set(select_blocks(mask, slide.shape, BLOCK))
+    truth = _truth_blocks(slide, BLOCK)
+    assert not truth - blocks, f"missed tissue blocks {sorted(truth - blocks)}"
+    assert block_fraction_skipped(mask, slide.shape, BLOCK) >= 0.5
+
+
+@pytest.fixture(scope="module")
+def written_slide(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("tissue") / "he.svs"
+    return write_slide(path, shape=(2048, 2560), kind="he", seed=11, tissue_fraction=0.35)
+
+
+def test_written_slide_no_nucleus_chunk_missed(written_slide) -> None:
+    with tifffile.TiffFile(written_slide.path) as tif:
+        thumb = np.moveaxis(tif.series[0].levels[-1].asarray(), -1, 0)
+    labels = tifffile.imread(written_slide.labels_path)
+    block = 256
+    mask = tissue_mask(thumb, "brightfield")
+    blocks = set(select_blocks(mask, labels.shape, block))
+    with_nuclei = {
+        (by, bx)
+        for by in range(-(-labels.shape[0] // block))
+        for bx in range(-(-labels.shape[1] // block))
+        if labels[by * block : (by + 1) * block, bx * block : (bx + 1) * block].any()
+    }
+    assert with_nuclei and not with_nuclei - blocks
+    assert block_fraction_skipped(mask, labels.shape, block) > 0.25
+
+
+def test_fluorescence_thumbnail_mask_follows_tissue() -> None:
+    slide = SyntheticSlide((8192, 8192), "fluorescence", seed=5, tissue_fraction=0.4)
+    mask = tissue_mask(slide.thumbnail(16), "fluorescence")
+    truth = slide.tissue(0, 0, 512, 512, 16.0) > 0.5
+    agree = (mask == truth).mean()
+    assert agree > 0.95
+    assert mask[truth].mean() > 0.98  # tissue is (nearly) never dropped
+
+
+def test_full_frame_industrial_keeps_everything() -> None:
+    image, _ = defects_sample((1024, 1024), rng=4, surface="brushed")
+    thumb = image[:, ::8, ::8]
+    assert otsu_separation(ndi.gaussian_filter(thumb[0].astype(float), 1))[1] < MIN_SEPARATION
+    mask = tissue_mask(thumb, "grey")
+    assert mask.all()
+    assert len(select_blocks(mask, (1024, 1024), 256)) == 16
+
+
+@pytest.mark.parametrize("bright_part", [True, False])
+def test_grey_part_on_background(bright_part: bool) -> None:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:128, 0:128]
+    part = (yy - 64) ** 2 + (xx - 64) ** 2 < 40**2
+    grey = np.where(part, 180.0, 40.0) if bright_part else np.where(part, 40.0, 180.0)
+    thumb = (grey + rng.normal(0, 8, grey.shape)).clip(0, 255).astype(np.uint8)[None]
+    mask = tissue_mask(thumb, "grey")
+    assert mask[64, 64] and not mask[2, 2]
+    assert abs(int(mask.sum()) - int(part.sum())) < 0.1 * part.sum()
+    assert block_fraction_skipped(mask, (1280, 1280), 160) > 0.1  # corners skipped
+
+
+def test_tissue_fully_covered_slide_keeps_everything() -> None:
+    slide = SyntheticSlide((4096, 4096), "he", seed=2, tissue_fraction=1.0)
+    assert tissue_mask(slide.thumbnail(16), "brightfield").all()
+
+
+def test_small_holes_filled_and_specks_removed() -> None:
+    thumb = np.full((3, 200, 200), 235, np.uint8)
+    thumb[:, 40:160, 40:160] = np.array([210, 120, 190], np.uint8)[:, None, None]
+    thumb[:, 100:103, 100:103] = 235  # a tiny hole in the tissue
+    thumb[:, 5, 5] = np.array([210, 120, 190], np.uint8)  # one coloured speck of dust
+    mask = tissue_mask(thumb, "he")
+    assert mask[101, 101] and not mask[5, 5]
+
+
+def test_otsu_separation_distinguishes_one_and_two_classes() -> None:
+    rng = np.random.default_rng(1)
+    assert otsu_separation(rng.normal(0, 1, 5000))[1] < 0.7
+    two = np.concatenate([rng.normal(0, 1, 3000), rng.normal(8, 1, 2000)])
+    threshold, separation = otsu_separation(two)
+    assert separation > 0.9 and 2 < threshold < 6
+    assert otsu_separation(np.zeros(10))[1] == 0.0
+
+
+def test_select_blocks_margin() -> None:
+    mask = np.zeros((8, 8), bool)
+    mask[1, 1] = True  # covers level-0 [100, 200) in both axes; grown: [0, 300)
+    assert select_blocks(mask, (800, 800), 200) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert select_blocks(np.zeros((8, 8), bool), (800, 800), 200) == []
+    assert block_fraction_skipped(np.ones((8, 8), bool), (800, 800), 300) == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    my=st.integers(2, 12),
+    mx=st.integers(2, 12),
+    Y=st.integers(16, 900),
+    X=st.integers(16, 900),
+    block=st.integers(8, 300),
+    seed=st.integers(0, 10_000),
+)
+def test_select_blocks_never_misses_a_foreground_pixel(
+    my: int, mx: int, Y: int, X: int, block: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    mask = rng.random((my, mx)) < 0.2
+    blocks = set(select_blocks(mask, (Y, X), block))
+    # every level-0 pixel whose thumbnail pixel is foreground lies in a selected block
+    ys = np.minimum((np.arange(Y) * my) // Y, my - 1)
+    xs = np.minimum((np.arange(X) * mx) // X, mx - 1)
+    full = mask[ys][:, xs]
+    for y, x in zip(*np.nonzero(full), strict=True):
+        assert (y // block, x // block) in blocks
+    assert all(0 <= by < -(-Y // block) and 0 <= bx < -(-X // block) for by, bx in blocks)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ConfigError, match="modality"):
+        tissue_mask(np.zeros((1, 8, 8)), "xray")
+    with pytest.raises(ConfigError, match="thumb"):
+        tissue_mask(np.zeros((1, 2, 8, 8)), "grey")
+    with pytest.raises(ConfigError, match="block"):
+        select_blocks(np.zeros((4, 4), bool), (10, 10), 0)
+
+
+def test_mask_of_2d_thumbnail(tmp_path: Path) -> None:
+    grey = np.zeros((64, 64), np.uint8)
+    grey[16:48, 16:48] = 200
+    assert tissue_mask(grey, "fluorescence")[32, 32]

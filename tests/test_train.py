@@ -1,0 +1,235 @@
+"""Training: targets, data loading, loss goes down, reproducible, resume, save/load, evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from segpipe.errors import ConfigError
+from segpipe.models import build_module, load_model
+from segpipe.train import (
+    TrainConfig,
+    evaluate_labels,
+    evaluate_run,
+    instance_target,
+    preset_config,
+    train,
+)
+from segpipe.train._data import folder_items
+
+torch.set_num_threads(1)
+
+# a tiny, fast run: "tiny" U-Net, 48-px crops, 64-px synthetic images
+TINY = dict(preset="tiny", crop=48, batch_size=2, epoch_steps=5, synthetic_shape=64, pool=4,
+            val_images=1, progress=False, lr=1e-2)
+
+
+def _cfg(tmp: Path, name: str = "m", **kw: object) -> TrainConfig:
+    return preset_config("nuclei", **{**TINY, "out": tmp / name, "checkpoint": tmp / f"{name}.ckpt", **kw})
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_instance_target_separates_touching_objects() -> None:
+    lab = np.zeros((6, 10), np.uint32)
+    lab[1:5, 1:5] = 1
+    lab[1:5, 5:9] = 2  # touching along a column
+    t = instance_target(lab)
+    assert set(np.unique(t)) == {0, 1, 2}
+    assert (t[1:5, 4] == 2).all() and (t[1:5, 5] == 2).all()  # both sides of the contact
+    assert t[2, 2] == 1 and t[0, 0] == 0
+    thick = instance_target(lab, "thick")
+    assert (thick == 2).sum() > (t == 2).sum()
+
+
+def test_config_validation_is_one_line() -> None:
+    with pytest.raises(ConfigError, match="crop"):
+        TrainConfig(data="synthetic:nuclei", crop=50)
+    with pytest.raises(ConfigError, match="classes"):
+        TrainConfig(data="x", task="semantic")
+    with pytest.raises(ConfigError, match="unknown training preset"):
+        preset_config("cells")
+
+
+def _write_pairs(folder: Path, n: int = 3, size: int = 64) -> None:
+    from segpipe.synthetic import nuclei_sample
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image, labels = nuclei_sample((size, size), rng=i, diameter_px=(8, 14))
+        tifffile.imwrite(folder / f"img{i}.tif", image[0])
+        tifffile.imwrite(folder / f"img{i}.labels.tif", labels)
+
+
+def test_folder_pairs_and_mismatched_mask(tmp_path: Path) -> None:
+    _write_pairs(tmp_path / "ok", n=2)
+    items = folder_items(tmp_path / "ok", "instance")
+    assert len(items) == 2 and items[0].shape == (64, 64)
+    crop = items[0].read(-5, -5, 20, 20)  # outside the image reads as zeros
+    assert crop.shape == (1, 25, 25) and (crop[:, :5] == 0).all()
+    assert len(items[0].index) > 0  # objects indexed for balanced sampling
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    tifffile.imwrite(bad / "a.tif", np.zeros((32, 32), np.uint8))
+    tifffile.imwrite(bad / "a_mask.tif", np.zeros((30, 32), np.uint16))
+    with pytest.raises(ConfigError, match=r"a_mask\.tif.*a\.tif"):
+        folder_items(bad, "instance")
+
+
+def test_training_lowers_the_loss_on_a_folder(tmp_path: Path) -> None:
+    _write_pairs(tmp_path / "data", n=4)
+    cfg = TrainConfig(name="mine", data=str(tmp_path / "data"), out=tmp_path / "mine", steps=30,
+                      **{**TINY, "epoch_steps": 10}, patience=5)
+    result = train(cfg)
+    losses = [h["train_loss"] for h in result.history]
+    assert len(losses) == 3
+    assert losses[-1] < losses[0]
+    assert result.weights.exists() and result.card.exists()
+    assert result.steps == 30
+
+
+def test_seeded_runs_are_reproducible_and_resume_matches(tmp_path: Path) -> None:
+    a = train(_cfg(tmp_path, "a", steps=10))
+    b = train(_cfg(tmp_path, "b", steps=10))
+    wa, wb = _weights(a.weights), _weights(b.weights)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # interrupted after the first epoch, then resumed: same weights as the straight run
+    first = train(_cfg(tmp_path, "c", steps=10, stop_after=5))
+    assert first.steps == 5
+    resumed = train(_cfg(tmp_path, "c", steps=10, resume=True))
+    assert resumed.steps == 10 and len(resumed.history) == 2
+    wc = _weights(resumed.weights)
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    other = _weights(train(_cfg(tmp_path, "d", steps=10, seed=1)).weights)
+    assert not all(torch.equal(wa[k], other[k]) for k in wa)
+
+
+def test_resume_without_checkpoint_fails(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train(_cfg(tmp_path, "x", steps=5, resume=True))
+
+
+def test_saved_model_round_trips_through_load_model(tmp_path: Path) -> None:
+    result = train(_cfg(tmp_path, "rt", steps=5))
+    model = load_model(result.weights, device="cpu")
+    assert model.card.name == "nuclei" and model.card.sha256 is not None
+    state = torch.load(tmp_path / "rt.ckpt", weights_only=True)["best_state"]
+    module = build_module(model.card)
+    module.load_state_dict(state)
+    module.eval()
+    x = np.random.default_rng(0).random((1, 1, 64, 64), dtype=np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).softmax(1).numpy()
+    np.testing.assert_allclose(model.predict(x), expected, atol=1e-5)
+    training = (tmp_path / "rt.training.json")
+    card_text = result.card.read_text()
+    assert training.exists() or '"training"' in card_text
+
+
+def test_semantic_training_on_class_maps(tmp_path: Path) -> None:
+    data = tmp_path / "sem"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = rng.normal(100, 5, (64, 64)).clip(0, 255).astype(np.uint8)
+        cls = np.zeros((64, 64), np.uint8)
+        cls[10:20, 5:60] = 1  # a bright band
+        cls[40:50, 30:40] = 2  # a dark square
+        img[cls == 1] = 200
+        img[cls == 2] = 20
+        tifffile.imwrite(data / f"p{i}.tif", img)
+        tifffile.imwrite(data / f"p{i}_mask.tif", cls)
+    cfg = TrainConfig(name="sem", data=str(data), task="semantic", classes=["bg", "band", "square"],
+                      out=tmp_path / "sem", steps=20, **{**TINY, "epoch_steps": 10})
+    result = train(cfg)
+    assert result.card.exists()
+    assert {"iou_band", "iou_square", "miou_fg"} <= set(result.best_metrics)
+    model = load_model(result.weights, device="cpu")
+    assert model.card.task == "semantic" and model.card.outputs == ["bg", "band", "square"]
+
+
+def test_evaluate_labels_flat() -> None:
+    t = np.zeros((16, 16), np.uint32)
+    t[2:6, 2:6] = 1
+    t[8:14, 8:14] = 2
+    p = t.copy()
+    p[p == 2] = 0
+    row = evaluate_labels(t, p)
+    assert row["ap_0.5"] == pytest.approx(0.5) and row["recall"] == pytest.approx(0.5)
+    sem = evaluate_labels(np.array([[0, 1]]), np.array([[0, 1]]), "semantic", ["a", "b"])
+    assert sem["mean_iou"] == 1.0
+
+
+def _fake_results(root: Path, archive_rel: str, pred: np.ndarray) -> None:
+    import zarr
+
+    g = zarr.open_group(str(root / "images" / "img1.ome.zarr"), mode="w")
+    g.attrs["segpipe"] = {"source_uri": f"/data/archive/{archive_rel}", "mpp": 0.5}
+    g.create_array("0", data=np.zeros((1, *pred.shape), np.uint8))
+    g.create_array("labels/segmentation/0", data=pred)
+
+
+def test_evaluate_run_writes_table_and_plot(tmp_path: Path) -> None:
+    truth = np.zeros((64, 64), np.uint32)
+    truth[5:15, 5:15] = 1
+    truth[20:30, 20:30] = 2
+    truth[40:50, 40:50] = 3
+    pred = truth.copy()
+    pred[40:50, 40:50] = 0  # one missed
+    pred[20:30, 25:30] = 9  # one split in two halves
+    (tmp_path / "truth" / "slides").mkdir(parents=True)
+    tifffile.imwrite(tmp_path / "truth" / "slides" / "s1.labels.tif", truth)
+    tifffile.imwrite(tmp_path / "truth" / "slides" / "other.labels.tif", truth)  # no image
+    _fake_results(tmp_path / "results", "slides/s1.svs", pred)
+    report = evaluate_run(tmp_path / "results", tmp_path / "truth", tmp_path / "eval")
+    (row,) = report["images"]
+    assert row["image_id"] == "img1" and row["n_true"] == 3 and row["n_pred"] == 3
+    assert row["n_split"] == 1
+    # TP = object 1 only (each half of object 2 has IoU 0.5 -> one half matches at 0.5)
+    assert row["tp_0.5"] == 2 and row["fn_0.5"] == 1 and row["fp_0.5"] == 1
+    assert report["summary"]["ap_0.5"] == pytest.approx(2 / 4)
+    assert len(report["unmatched"]) == 1
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(report["table"])
+    assert table.num_rows == 2 and "ap_0.9" in table.column_names
+    assert Path(report["plot"]).stat().st_size > 0 and Path(report["csv"]).exists()
+    with pytest.raises(ConfigError, match="no truth file matches"):
+        evaluate_run(tmp_path / "results", _only(tmp_path, "zz"), None)
+
+
+def _only(tmp: Path, name: str) -> Path:
+    d = tmp / name
+    d.mkdir()
+    tifffile.imwrite(d / "nothing.labels.tif", np.zeros((4, 4), np.uint32))
+    return d
+
+
+def test_zarr_source_and_scale_and_balanced_crops(tmp_path: Path) -> None:
+    import zarr
+
+    from segpipe.train._augment import sample_crop
+    from segpipe.train._data import zarr_items
+
+    labels = np.zeros((96, 96), np.uint32)
+    labels[70:76, 10:16] = 1  # one small object in a corner
+    g = zarr.open_group(str(tmp_path / "a.ome.zarr"), mode="w")
+    g.attrs["segpipe"] = {"mpp": 0.25, "modality": "fluorescence"}
+    g.create_array("0", data=(labels[None] > 0).astype(np.uint8) * 200)
+    g.create_array("labels/nuclei/0", data=labels)
+    (item,) = zarr_items(tmp_path / "a.ome.zarr", "instance", None)
+    assert item.mpp == 0.25 and item.modality == "fluorescence" and list(item.index) == [1]
+    rng = np.random.default_rng(0)
+    # balanced crops are centred near the only object; zoom 2 doubles its side
+    hits = [sample_crop(item, rng, 32, 1.0, False, 1.0)[1].any() for _ in range(10)]
+    assert all(hits)
+    _, big = sample_crop(item, rng, 64, 2.0, False, 1.0)
+    assert 100 <= (big == 1).sum() <= 196  # 6x6 -> about 12x12
