@@ -61,10 +61,17 @@ def write_pyramid(path: Path, size: int, compression: str) -> None:
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
         for i, shape in enumerate(shapes):
             tw.write(
-                _tiles(shape, 2**i), shape=(*shape, 3), dtype=np.uint8, tile=(TILE, TILE),
-                photometric="rgb", compression=compression, subifds=len(shapes) - 1 if i == 0 else None,
-                subfiletype=1 if i else 0, resolution=(1e4 / 0.25 / 2**i,) * 2,
-                resolutionunit="CENTIMETER", metadata=None,
+                _tiles(shape, 2**i),
+                shape=(*shape, 3),
+                dtype=np.uint8,
+                tile=(TILE, TILE),
+                photometric="rgb",
+                compression=compression,
+                subifds=len(shapes) - 1 if i == 0 else None,
+                subfiletype=1 if i else 0,
+                resolution=(1e4 / 0.25 / 2**i,) * 2,
+                resolutionunit="CENTIMETER",
+                metadata=None,
             )
 
 
@@ -125,26 +132,42 @@ def main() -> None:
         src = Path(tmp) / "bench.tif"
         t0 = time.perf_counter()
         write_pyramid(src, size, args.compression)
-        print(f"wrote {size}x{size} RGB ({args.compression}) in {time.perf_counter() - t0:.1f} s, "
-              f"{src.stat().st_size / 1e6:.0f} MB")
+        print(
+            f"wrote {size}x{size} RGB ({args.compression}) in {time.perf_counter() - t0:.1f} s, "
+            f"{src.stat().st_size / 1e6:.0f} MB"
+        )
         mp = size * size / 1e6
         t_raw = raw_decode(src)
         print(f"raw decode (tifffile, 1 thread):  {mp / t_raw:8.1f} MP/s  ({t_raw:.2f} s)")
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            base = sum(p.memory_info().rss for p in
-                       [psutil.Process(), *psutil.Process().children(recursive=True)])
+        with (
+            LocalCluster(
+                n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            base = sum(
+                p.memory_info().rss
+                for p in [psutil.Process(), *psutil.Process().children(recursive=True)]
+            )
             with PeakRSS() as peak:
                 t0 = time.perf_counter()
-                meta = ingest_image(str(src), str(Path(tmp) / "bench.ome.zarr"),
-                                    IngestSpec(chunk=args.chunk, shard=args.shard), client=client)
+                meta = ingest_image(
+                    str(src),
+                    str(Path(tmp) / "bench.ome.zarr"),
+                    IngestSpec(chunk=args.chunk, shard=args.shard),
+                    client=client,
+                )
                 t_ing = time.perf_counter() - t0
         per_worker = mp / t_ing / args.workers
-        print(f"ingest ({args.workers} worker(s), {len(meta.levels)} levels): {mp / t_ing:8.1f} MP/s  "
-              f"({t_ing:.2f} s; {per_worker:.1f} MP/s per worker)")
+        print(
+            f"ingest ({args.workers} worker(s), {len(meta.levels)} levels): {mp / t_ing:8.1f} MP/s  "
+            f"({t_ing:.2f} s; {per_worker:.1f} MP/s per worker)"
+        )
         print(f"ratio ingest-per-worker / raw decode: {per_worker / (mp / t_raw):.2f}")
-        print(f"peak RSS, all processes: {peak.peak / 2**20:.0f} MiB "
-              f"(cluster idle before: {base / 2**20:.0f} MiB; image {size * size * 3 / 2**20:.0f} MiB)")
+        print(
+            f"peak RSS, all processes: {peak.peak / 2**20:.0f} MiB "
+            f"(cluster idle before: {base / 2**20:.0f} MiB; image {size * size * 3 / 2**20:.0f} MiB)"
+        )
 
 
 if __name__ == "__main__":

@@ -50,11 +50,15 @@ from segpipe.tiling import BlockGrid
 if TYPE_CHECKING:
     from segpipe.models import Model
     from segpipe.normalize import ImageStats
+    from segpipe.postprocess import Segmentation
+    from segpipe.predict import segment_array
 
 __all__ = ["SegmentResult", "segment_image", "segment_array", "default_halo", "STATS_SIDE"]
 
 #: Long side (px) of the pyramid level used for normalisation statistics and the tissue mask.
 STATS_SIDE = 2048
+#: Blocks per pass-1 task on GPU workers (read / predict / finish pipelined inside the task).
+GPU_GROUP = 4
 _TMP_PREFIX = "_segpipe_tmp_"
 _MERGE_FANIN = 16
 
@@ -154,32 +158,57 @@ def _read_window(job: _Job, block: tuple[int, int]) -> np.ndarray:
     return np.asarray(_open_array(job.image_url, job.storage_options)[:, y0:y1, x0:x1])
 
 
-def _pass1(
-    job: _Job, block: tuple[int, int], model: Any, raw: np.ndarray | None = None
+def _finish(
+    job: _Job, block: tuple[int, int], raw: np.ndarray, seg: Segmentation
 ) -> tuple[BlockRecord, Partial]:
-    """Segment one window, write provisional core ids, return its record and partial."""
-    from segpipe.predict import segment_window
-
+    """Provisional core ids (written to the temporary array), border record, partial."""
     grid = job.grid
     wy0, wx0, _, _ = grid.window(block)
-    if raw is None:
-        raw = _read_window(job, block)
-    seg = segment_window(model, raw, job.stats, (wy0, wx0), job.modality, job.scale)
     classes = seg.classes if job.semantic else None
     core_ids, record, window_ids = provisional_block(
         seg.labels, grid, block, classes, job.connectivity
     )
     y0, x0, y1, x1 = grid.core(block)
+    core = grid.core_in_window(block)
     if record.count:
         _open_array(job.tmp_url, job.storage_options, "r+")[y0:y1, x0:x1] = core_ids
         if job.classes_url is not None and seg.classes is not None:
-            cls = seg.classes[grid.core_in_window(block)].astype(np.uint8)
+            cls = seg.classes[core].astype(np.uint8)
             _open_array(job.classes_url, job.storage_options, "r+")[y0:y1, x0:x1] = cls
-    part = partial_stats(
-        seg.labels, raw, (wy0, wx0), seg.classes, core=grid.core_in_window(block)
-    )
+    part = partial_stats(seg.labels, raw, (wy0, wx0), seg.classes, core=core)
     provisional = np.searchsorted(window_ids, part.label).astype(np.uint32) + 1
     return record, part.relabel(provisional)
+
+
+def _pass1(
+    job: _Job, blocks: Sequence[tuple[int, int]], model: Any, tick: Callable[[], None] | None = None
+) -> tuple[list[BlockRecord], list[Partial]]:
+    """Pass 1 of consecutive blocks as a pipeline: the next windows are read and the
+    previous ones finished (stitch records, statistics, writes) on two threads while
+    this thread runs the model, so I/O and CPU work overlap the (GPU) prediction."""
+    from segpipe.predict import segment_window
+
+    out: list[tuple[BlockRecord, Partial]] = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reads = [pool.submit(_read_window, job, b) for b in blocks[:2]]
+        finishing = []
+        for i, block in enumerate(blocks):
+            raw = reads[i].result()
+            if i + 2 < len(blocks):
+                reads.append(pool.submit(_read_window, job, blocks[i + 2]))
+            wy0, wx0, _, _ = job.grid.window(block)
+            seg = segment_window(model, raw, job.stats, (wy0, wx0), job.modality, job.scale)
+            finishing.append(pool.submit(_finish, job, block, raw, seg))
+            reads[i] = None  # type: ignore[call-overload]  # free the window
+            while finishing and (finishing[0].done() or len(finishing) > 2):  # bounded memory
+                out.append(finishing.pop(0).result())
+                if tick is not None:
+                    tick()
+        for f in finishing:
+            out.append(f.result())
+            if tick is not None:
+                tick()
+    return [r for r, _ in out], [p for _, p in out]
 
 
 def _pass2(
@@ -228,24 +257,6 @@ def _has_gpu(client: Any) -> bool:
     from segpipe.cluster import has_gpu_workers
 
     return bool(has_gpu_workers(client))
-
-
-def _run_local(
-    job: _Job, todo: list[tuple[int, int]], model: Any, tick: Callable[[], None]
-) -> tuple[list[BlockRecord], dict[tuple[int, int], Partial], Callable[..., Any]]:
-    """Pass 1 in this process; the next window is read in a thread while one is segmented."""
-    records, parts = [], {}
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        nxt = pool.submit(_read_window, job, todo[0]) if todo else None
-        for i, block in enumerate(todo):
-            raw = nxt.result()  # type: ignore[union-attr]
-            if i + 1 < len(todo):
-                nxt = pool.submit(_read_window, job, todo[i + 1])
-            record, part = _pass1(job, block, model, raw)
-            records.append(record)
-            parts[block] = part
-            tick()
-    return records, parts, _pass2
 
 
 def segment_image(
@@ -347,9 +358,9 @@ def segment_image(
 
     try:
         if client is None:
-            columns_partial, relabel, t = _local(job, todo, loaded, tick)
+            columns_partial, t = _local(job, todo, loaded, tick)
         else:
-            columns_partial, relabel, t = _distributed(job, todo, model, loaded, client, tick)
+            columns_partial, t = _distributed(job, todo, model, client, tick)
         timings.update(t)
     finally:
         remove(tmp_url, storage_options)
@@ -385,21 +396,19 @@ def _create_tmp(url: str, like: Any, storage_options: dict[str, Any] | None) -> 
 
 def _local(
     job: _Job, todo: list[tuple[int, int]], model: Any, tick: Callable[[], None]
-) -> tuple[Partial, Any, dict[str, float]]:
+) -> tuple[Partial, dict[str, float]]:
     t0 = time.perf_counter()
-    records, parts, _ = _run_local(job, todo, model, tick)
+    records, parts = _pass1(job, todo, model, tick)
     t1 = time.perf_counter()
     relabel = plan(records)
     t2 = time.perf_counter()
     out = []
-    for record in records:
-        b = record.block
+    for record, part in zip(records, parts, strict=True):
         if record.count:
-            out.append(_pass2(job, b, *relabel.for_block(b), parts[b]))
+            out.append(_pass2(job, record.block, *relabel.for_block(record.block), part))
         tick()
     merged = merge_partials(out) if out else Partial.empty(_n_channels(job))
-    t3 = time.perf_counter()
-    return merged, relabel, {"pass1": t1 - t0, "plan": t2 - t1, "pass2": t3 - t2}
+    return merged, {"pass1": t1 - t0, "plan": t2 - t1, "pass2": time.perf_counter() - t2}
 
 
 def _n_channels(job: _Job) -> int:
@@ -410,10 +419,9 @@ def _distributed(
     job: _Job,
     todo: list[tuple[int, int]],
     model_ref: Any,
-    loaded: Model,
     client: Any,
     tick: Callable[[], None],
-) -> tuple[Partial, Any, dict[str, float]]:
+) -> tuple[Partial, dict[str, float]]:
     from distributed import as_completed
 
     from segpipe.models import Model
@@ -424,18 +432,27 @@ def _distributed(
         model_arg: Any = client.scatter(model_ref, broadcast=True, hash=False)
     else:
         model_arg = str(model_ref)
-    resources = {"GPU": 1} if _has_gpu(client) else None
+    # GPU workers get groups of blocks, so reading and finishing overlap the prediction
+    gpu = _has_gpu(client)
+    size = GPU_GROUP if gpu else 1
+    groups = [todo[i : i + size] for i in range(0, len(todo), size)]
     first = {
         client.submit(
-            _pass1, job, b, model_arg, key=f"segpipe-pass1-{token}-{b[0]}-{b[1]}",
-            resources=resources, retries=2, pure=False,
-        ): b
-        for b in todo
+            _pass1, job, g, model_arg, key=f"segpipe-pass1-{token}-{g[0][0]}-{g[0][1]}",
+            resources={"GPU": 1} if gpu else None, retries=2, pure=False,
+        ): g
+        for g in groups
     }  # fmt: skip
-    for _ in as_completed(list(first)):
-        tick()
-    records = client.gather([client.submit(operator.getitem, f, 0, pure=False) for f in first])
-    parts = {b: client.submit(operator.getitem, f, 1, pure=False) for f, b in first.items()}
+    for fut in as_completed(list(first)):
+        for _ in first[fut]:
+            tick()
+    records = [r for rs in client.gather(
+        [client.submit(operator.getitem, f, 0, pure=False) for f in first]) for r in rs]  # fmt: skip
+    parts = {
+        b: client.submit(_nth_partial, f, i, pure=False)
+        for f, g in first.items()
+        for i, b in enumerate(g)
+    }
     t1 = time.perf_counter()
     relabel = plan(records)
     t2 = time.perf_counter()
@@ -447,9 +464,8 @@ def _distributed(
                 _pass2, job, b, *relabel.for_block(b), parts[b],
                 key=f"segpipe-pass2-{token}-{b[0]}-{b[1]}", retries=2, pure=False,
             ))  # fmt: skip
-    n_skip = len(records) - len(second)
-    for _ in range(n_skip):
-        tick()
+        else:
+            tick()
     for _ in as_completed(second):
         tick()
     while len(second) > 1:
@@ -459,8 +475,11 @@ def _distributed(
         ]
     merged = second[0].result() if second else Partial.empty(_n_channels(job))
     del first, parts
-    t3 = time.perf_counter()
-    return merged, relabel, {"pass1": t1 - t0, "plan": t2 - t1, "pass2": t3 - t2}
+    return merged, {"pass1": t1 - t0, "plan": t2 - t1, "pass2": time.perf_counter() - t2}
+
+
+def _nth_partial(result: tuple[list[BlockRecord], list[Partial]], i: int) -> Partial:
+    return result[1][i]
 
 
 def _merge_list(*parts: Partial) -> Partial:

@@ -75,7 +75,8 @@ def create_label_array(
 
     The array has fill value 0 and is written with ``write_empty_chunks=False``, so chunks
     that hold only background cost nothing on disk. The label is not listed in
-    ``labels/`` until :func:`finalize_labels` runs.
+    ``labels/`` until :func:`finalize_labels` runs; re-creating a listed label (a rerun)
+    unlists it and drops its old levels.
 
     Parameters
     ----------
@@ -111,9 +112,9 @@ def create_label_array(
     labels = zarr.open_group(
         store=zarr_store(join_url(zarr_url, "labels"), storage_options), mode="a", zarr_format=3
     )
-    ome = _ome(labels)
-    if "version" not in ome:
-        labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": list(ome.get("labels", []))}
+    # a rerun replaces the label: unlist it first, so that listed always means complete
+    listed = [n for n in _ome(labels).get("labels", []) if n != name]
+    labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": listed}
     group = labels.create_group(name, overwrite=True)
     return group.create_array(
         "0",

@@ -165,7 +165,9 @@ def _image_section(
             if regions is not None:
                 label_classes = dict(zip(regions.column("label").to_pylist(),
                                          regions.column("class").to_pylist(), strict=True))  # fmt: skip
-            plain, drawn, _ = overlay_images(results, image_id, max_size=THUMB_SIZE,
+            uri = row.get("labels_uri")
+            name = str(uri).rstrip("/").rsplit("/", 1)[-1] if uri else None
+            plain, drawn, _ = overlay_images(results, image_id, label_name=name, max_size=THUMB_SIZE,
                                              label_classes=label_classes, storage_options=storage_options)  # fmt: skip
             pics = [f'<img class="thumb" alt="{_e(image_id)}" src="{_data_uri(plain)}">',
                     f'<img class="overlay" alt="{_e(image_id)} with labels" src="{_data_uri(drawn)}">']  # fmt: skip

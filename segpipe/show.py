@@ -89,22 +89,29 @@ def _to_rgb(data: np.ndarray) -> np.ndarray:
     return out
 
 
-def _label_classes(
+def _label_info(
     results: str, image_id: str, storage_options: dict[str, Any] | None
-) -> dict[int, str]:
+) -> tuple[str | None, dict[int, str]]:
+    """(label name of the image's latest done row, label → class) from the tables."""
     from segpipe.tables import open_results
 
     try:
         con = open_results(results, storage_options)
     except ResultsError:
-        return {}
+        return None, {}
     try:
+        uri = con.execute(
+            "select labels_uri from images where image_id = ? and status = 'done' "
+            "order by updated_at desc limit 1",
+            [image_id],
+        ).fetchone()
         rows = con.execute(
             "select label, class from regions where image_id = ?", [image_id]
         ).fetchall()
     finally:
         con.close()
-    return {int(label): str(cls) for label, cls in rows}
+    name = uri[0].rstrip("/").rsplit("/", 1)[-1] if uri and uri[0] else None
+    return name, {int(label): str(cls) for label, cls in rows}
 
 
 def _resize_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -187,7 +194,15 @@ def overlay_images(
     names = label_names(zarr_url, storage_options)
     if label_name is not None and label_name not in names:
         raise ConfigError(f"image {image_id!r} has no label image {label_name!r} (has {names})")
-    name = label_name or (names[0] if names else None)
+    table_name, table_classes = (
+        _label_info(results, image_id, storage_options)
+        if label_classes is None or label_name is None
+        else (None, {})
+    )
+    if label_name is None and table_name in names:
+        name: str | None = table_name
+    else:
+        name = label_name or (names[0] if names else None)
     colors: dict[str, tuple[int, int, int]] = {}
     overlay = rgb
     if name is not None:
@@ -208,11 +223,7 @@ def overlay_images(
             ]
         )
         labels = _resize_nearest(labels, rgb.shape[:2])
-        classes = (
-            dict(label_classes)
-            if label_classes is not None
-            else _label_classes(results, image_id, storage_options)
-        )
+        classes = dict(label_classes) if label_classes is not None else table_classes
         overlay, colors = _draw_contours(rgb, labels, classes)
 
     plain, drawn = Image.fromarray(rgb), Image.fromarray(overlay)
@@ -248,7 +259,8 @@ def render_overlay(
         A level-0 crop drawn at full resolution; the whole image when absent, from the
         highest-resolution level whose long side is at most ``max_size``.
     label_name : str, optional
-        Label image to draw; the first registered one when absent (none: image only).
+        Label image to draw; when absent, the one the image's latest done row names
+        (``labels_uri``), else the first registered one (none: the image only).
     max_size : int
         Longest side of a whole-image PNG.
     storage_options : dict, optional

@@ -292,16 +292,16 @@ def plan(records: Iterable[BlockRecord]) -> RelabelPlan:
             _, ia, ic = np.intersect1d(fa.pair, fc.pair, assume_unique=True, return_indices=True)
             if len(ia) == 0:
                 continue
-            ida = fa.ids[ia].astype(np.int64) + offsets[a]
-            idc = fc.ids[ic].astype(np.int64) + offsets[c]
+            # object pairs keyed by local ids (bounded by the two blocks' counts)
+            width = int(by_block[c].count) + 1
+            key = fa.ids[ia].astype(np.int64) * width + fc.ids[ic].astype(np.int64)
             votes = fa.same[ia].astype(np.int64) + fc.same[ic].astype(np.int64)
-            key = ida * (total + 1) + idc
             uniq, inv = np.unique(key, return_inverse=True)
             n_pairs = np.bincount(inv, minlength=len(uniq))
             n_votes = np.bincount(inv, weights=votes, minlength=len(uniq))
             merged = uniq[n_votes > n_pairs]
-            src_parts.append(merged // (total + 1))
-            dst_parts.append(merged % (total + 1))
+            src_parts.append(merged // width + offsets[a])
+            dst_parts.append(merged % width + offsets[c])
     remaps: dict[Index, dict[int, int]] = {}
     n_regions = total
     if src_parts:

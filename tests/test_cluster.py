@@ -80,3 +80,25 @@ def test_module_does_not_import_torch() -> None:
     code = "import sys, segpipe.cluster; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _visible() -> str:
+    import os
+
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_local_gpu_cluster_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With GPUs counted, each worker gets resources GPU=1 and its own CUDA_VISIBLE_DEVICES."""
+    import segpipe.cluster as cluster_mod
+
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(cluster_mod, "count_gpus", lambda: 1)
+    with cluster_client(dashboard_address=None) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert len(workers) == 1
+        (info,) = workers.values()
+        assert info["nthreads"] == 1 and info["resources"] == {"GPU": 1}
+        assert has_gpu_workers(client)
+        assert list(client.run(_visible).values()) == ["3"]

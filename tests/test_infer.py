@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+import torch
 import zarr
 
 from segpipe.infer import SegmentResult, segment_image
@@ -166,9 +167,12 @@ def test_background_blocks_are_never_read_nor_predicted(slide, tmp_path, monkeyp
 
 
 def test_local_cluster_gives_identical_labels_and_table(slide, local_result, dask_client) -> None:
+    from segpipe.models import load_model
+
     url, _ = slide
     seen: list[tuple[int, int]] = []
-    result = segment_image(url, "classical", label_name="cluster", client=dask_client,
+    model = load_model("classical", device="cpu")  # a loaded model is scattered to the workers
+    result = segment_image(url, model, label_name="cluster", client=dask_client,
                            blocks="all", progress=lambda d, t: seen.append((d, t)))  # fmt: skip
     assert_same_result(local_result, result, url, url)
     assert seen[-1] == (2 * result.blocks_processed, 2 * result.blocks_processed)
@@ -225,6 +229,65 @@ def test_separate_scheduler_and_worker_give_identical_result(
     result = segment_image(url, "classical", label_name="remote", client=separate_cluster,
                            blocks="all")  # fmt: skip
     assert_same_result(local_result, result, url, url)
+
+
+def test_gpu_workers_get_grouped_tasks_with_gpu_resource(slide, local_result) -> None:
+    """Workers offering a GPU resource (here without a real GPU) run pipelined block groups."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from segpipe.cluster import has_gpu_workers
+
+    url, _ = slide
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
+                      resources={"GPU": 1}) as cluster, Client(cluster) as client:  # fmt: skip
+        assert has_gpu_workers(client)
+        with get_task_stream(client) as stream:
+            result = segment_image(url, "classical", label_name="gpu", client=client, blocks="all")
+        keys = {str(t["key"]) for t in stream.data if "pass1" in str(t["key"])}
+    assert_same_result(local_result, result, url, url)
+    assert 0 < len(keys) < result.blocks_processed  # groups of blocks, not one task per block
+
+
+class _ThreeClass(torch.nn.Module):
+    """A semantic stand-in: background / dim / bright from the classical model's logits."""
+
+    size_multiple = 1
+
+    def __init__(self) -> None:
+        from segpipe.models import ClassicalModule
+
+        super().__init__()
+        self.inner = ClassicalModule(sigma=1.0, threshold=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inner(x)  # 20 * (smoothed - 0.5): dim above 0.5, bright above 0.8
+        return torch.cat([-z, z, 2 * z - 6], dim=1)
+
+
+def test_semantic_model_writes_a_class_map_and_stitches_by_class(slide) -> None:
+    from segpipe.models import Model, ModelCard, builtin_card
+
+    url, _ = slide
+    card = ModelCard(**{
+        **builtin_card("classical").model_dump(), "name": "three-class", "task": "semantic",
+        "classes": ["background", "dim", "bright"], "outputs": ["background", "dim", "bright"],
+        "postprocess": {"min_size": 0},
+    })  # fmt: skip
+    model = Model(_ThreeClass(), card, device="cpu")
+    result = segment_image(url, model, blocks="all")
+    assert result.label_name == "three-class" and result.classes_url is not None
+    whole = segment_window(model, read_image(url), result.stats, (0, 0), read_meta(url).modality)
+    tiled = read_labels(url, "three-class")
+    classes = read_labels(url, "three-class-classes")
+    assert classes.dtype == np.uint8
+    np.testing.assert_array_equal(classes, whole.classes)
+    assert set(np.unique(classes)) == {0, 1, 2}
+    assert_same_partition(tiled, whole.labels)
+    cols = result.columns
+    first_pixel = {int(v): (y, x) for v, y, x in zip(
+        tiled[tiled > 0], *np.nonzero(tiled), strict=True)}  # fmt: skip
+    expected = [card.classes[classes[first_pixel[int(v)]]] for v in cols["label"]]
+    assert cols["class"].tolist() == expected
 
 
 def test_explicit_blocks_and_bad_arguments(slide) -> None:

@@ -227,3 +227,21 @@ def test_issue_size_10007_x_7919(tmp_path: Path) -> None:
     got = _read_levels(url)
     for g, w in zip(got, reference_pyramid(data[np.newaxis], 1024), strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+def test_changed_source_is_reread_by_warm_workers(
+    tmp_path: Path, io_helpers: Any, dask_client: Any
+) -> None:
+    """Workers cache open sources; a source rewritten in place must not be read stale."""
+    import os
+
+    path = tmp_path / "same-name.tif"
+    first = io_helpers.smooth_image((1, 300, 200), np.uint16, seed=1)
+    io_helpers.write_strip_tiff(path, first)
+    url = str(tmp_path / "same.ome.zarr")
+    ingest_image(str(path), url, IngestSpec(chunk=64, min_size=1024), client=dask_client)
+    second = io_helpers.smooth_image((1, 280, 260), np.uint16, seed=2)  # new layout
+    io_helpers.write_strip_tiff(path, second)
+    os.utime(path, (1_000_000, 1_000_000))
+    ingest_image(str(path), url, IngestSpec(chunk=64, min_size=1024), client=dask_client)
+    np.testing.assert_array_equal(_read_levels(url)[0], second)

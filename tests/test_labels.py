@@ -167,3 +167,20 @@ def test_errors(tmp_path: Path, image_url: str) -> None:
         create_label_array(image_url, "x", (10, 10), (8, 8), dtype="float32")
     with pytest.raises((ConfigError, ImageNotFoundError)):
         finalize_labels(image_url, "never-created")
+
+
+def test_rerun_unlists_until_finalized(image_url: str) -> None:
+    arr = create_label_array(image_url, "nuclei", (300, 260), (64, 64))
+    arr[:] = disc_labels((300, 260))
+    finalize_labels(image_url, "nuclei")
+    other = create_label_array(image_url, "cells", (300, 260), (64, 64))
+    finalize_labels(image_url, "cells")
+    assert label_names(image_url) == ["nuclei", "cells"]
+    again = create_label_array(image_url, "nuclei", (300, 260), (64, 64))
+    assert label_names(image_url) == ["cells"]  # half-written labels are never listed
+    assert int(again[:].max()) == 0 and "1" not in zarr.open_group(
+        f"{image_url}/labels/nuclei", mode="r"
+    )
+    assert other.shape == (300, 260)
+    finalize_labels(image_url, "nuclei")
+    assert label_names(image_url) == ["cells", "nuclei"]

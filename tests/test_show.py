@@ -136,8 +136,30 @@ def test_overlay_from_s3(s3: Any, tmp_path: Path) -> None:
         _colour_pixels(png, colours["tumor"]) > 20 and _colour_pixels(png, colours["stroma"]) > 20
     )
     remote = render_overlay(
-        results, "slide-a", f"{results}/reports/run1/slide-a.png", storage_options=s3.storage_options
+        results,
+        "slide-a",
+        f"{results}/reports/run1/slide-a.png",
+        storage_options=s3.storage_options,
     )
     assert remote == f"{results}/reports/run1/slide-a.png"
     (tmp_path / "back.png").write_bytes(s3.fs.cat(remote))
     assert _colour_pixels(tmp_path / "back.png", colours["tumor"]) > 20
+
+
+def test_default_label_is_the_one_the_images_row_names(tmp_path: Path) -> None:
+    results = str(tmp_path / "res")
+    build_results(results)
+    url = image_zarr_url(results, "slide-a")
+    cells = create_label_array(url, "cells", SHAPE, (64, 64))
+    cells[100:140, 100:140] = 1
+    finalize_labels(url, "cells")  # listed after "nuclei"
+    columns = {"label": [1], "class": ["cell"], "area_px": [1600], "area_um2": [400.0],
+               "centroid_y": [119.5], "centroid_x": [119.5], "bbox_y0": [100], "bbox_x0": [100],
+               "bbox_y1": [140], "bbox_x1": [140]}  # fmt: skip
+    write_regions(results, "slide-a", "run2", columns)
+    write_image_row(results, {"image_id": "slide-a", "run_id": "run2", "status": "done",
+                              "labels_uri": f"{url}/labels/cells"})  # fmt: skip
+    rgb = np.asarray(Image.open(render_overlay(results, "slide-a", tmp_path / "c.png")))
+    colour = class_colors({"cell"})["cell"]
+    assert np.all(rgb[100, 100:140] == colour) and np.all(rgb[139, 100:140] == colour)
+    assert not np.all(rgb[120, 120] == colour)

@@ -98,7 +98,7 @@ def test_fluorescence_bright_nuclei_and_some_dim_ones() -> None:
         means += [grey[labels == i].mean() for i in range(1, labels.max() + 1)]
         assert (
             np.median([grey[labels == i].mean() for i in range(1, labels.max() + 1)])
-            > 3 * backgrounds[-1]
+            > 2 * backgrounds[-1]
         )
     means = np.asarray(means)
     assert np.mean(means < 0.5 * np.median(means)) > 0.05  # dim nuclei exist
@@ -202,7 +202,9 @@ def test_slide_nuclei_only_in_tissue_on_bright_glass(he_slide) -> None:
     tissue = slide.tissue(0, 0, 1300, 1500)
     labels = tifffile.imread(he_slide.labels_path)
     assert 0.3 < (tissue > 0.5).mean() < 0.7
-    assert ((labels > 0) & (tissue < 0.01)).sum() < 0.01 * (labels > 0).sum()
+    # nucleus centres lie in tissue: no nucleus pixel further than a radius from it
+    far = ~ndi.binary_dilation(tissue > 0.5, iterations=20)
+    assert far.mean() > 0.2 and not labels[far].any()
     image = tifffile.imread(he_slide.path, level=0)
     assert image[tissue == 0].mean() > 200  # white glass
 

@@ -117,11 +117,13 @@ class Scene:
     extra: dict = field(default_factory=dict)
 
 
-def lumens(seed: int, style: Style, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+def lumens(
+    seed: int, style: Style, y0: int, x0: int, y1: int, x1: int, step: float = 1.0
+) -> np.ndarray:
     """Soft map in [0, 1] of lumens / white spaces inside H&E tissue (0 for fluorescence)."""
     if style.modality != "he" or style.holes <= 0:
         return np.zeros((y1 - y0, x1 - x0), np.float32)
-    field = fractal_noise(sub_seed(seed, 16), y0, x0, y1, x1, 90.0, 2)
+    field = fractal_noise(sub_seed(seed, 16), y0, x0, y1, x1, 90.0, 2, step=step)
     return np.clip((field - (1.0 - 2.2 * style.holes)) / 0.08, 0, 1).astype(np.float32)
 
 

@@ -8,7 +8,7 @@ from skimage.segmentation import relabel_sequential
 
 from segpipe.errors import ConfigError
 from segpipe.synthetic._noise import fractal_noise
-from segpipe.synthetic._nuclei import sample_nuclei
+from segpipe.synthetic._nuclei import drop_occluded, sample_nuclei
 from segpipe.synthetic._render import Scene, gather, random_style, render_region, with_lumens
 
 MODALITIES = ("fluorescence", "he")
@@ -125,6 +125,7 @@ def nuclei_sample(
         tmap = tissue(y0, x0, int(np.ceil(box[2])) + 1, int(np.ceil(box[3])) + 1)
         at = tmap[(nuclei.cy - y0).astype(int), (nuclei.cx - x0).astype(int)]
         nuclei = nuclei.take(np.flatnonzero(at > 0.5))
+    nuclei = drop_occluded(nuclei, nuclei)
     nuclei.ids = np.arange(1, len(nuclei) + 1, dtype=np.uint32)
     scene = Scene(style=style_, seed=scene_seed, nuclei_in=lambda *_: nuclei, tissue=tissue)
     normals = rng.standard_normal((3 if modality == "he" else 1, Y, X), np.float32)

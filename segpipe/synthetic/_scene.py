@@ -19,7 +19,13 @@ import numpy as np
 
 from segpipe.errors import ConfigError
 from segpipe.synthetic._noise import fractal_noise, hash_uniform, sub_seed
-from segpipe.synthetic._nuclei import Nuclei, conflicts, sample_nuclei
+from segpipe.synthetic._nuclei import (
+    Nuclei,
+    conflicts,
+    drop_occluded,
+    max_radius,
+    sample_nuclei,
+)
 from segpipe.synthetic._render import (
     HEMATOXYLIN_OD,
     Scene,
@@ -35,6 +41,8 @@ from segpipe.synthetic._samples import check_diameter, mean_area
 KINDS = ("he", "fluorescence")
 _MAX_PER_CELL = 256
 _CACHE_MIN = 512
+_LUMEN_MAX_STEP = 4.0
+_CELL_STEP = 4  # nuclei placement looks at the tissue map on a grid of this step
 _BLOCK = 256  # render grid: every pixel is computed within its own block of this size
 
 
@@ -81,7 +89,8 @@ class SyntheticSlide:
         rng = np.random.default_rng(sub_seed(self.seed, 1))
         self.style = random_style(rng, self.kind)
         self._scene_seed = sub_seed(self.seed, 5)
-        self.cell = int(max(128, 4 * self.diameter_px[1]))
+        self._reach = int(np.ceil(max_radius(self.diameter_px))) + 1
+        self.cell = int(np.ceil(max(128, 4 * self.diameter_px[1]) / 16) * 16)
         self._spacing = max(Y, X) / 1.6  # one to three compact islands
         self._margin = 0.12 * min(Y, X)
         step = max(1.0, max(Y, X) / 256.0)
@@ -113,8 +122,8 @@ class SyntheticSlide:
         if self.tissue_fraction >= 1.0:
             f = np.full_like(f, 1.0)
         out = np.clip((f - self._threshold) / self._edge + 0.5, 0.0, 1.0).astype(np.float32)
-        if step == 1.0:  # lumens are finer than any thumbnail pixel: full resolution only
-            out *= 1.0 - lumens(self._scene_seed, self.style, y0, x0, y1, x1)
+        if step <= _LUMEN_MAX_STEP:  # lumens are finer than a thumbnail pixel: skip them there
+            out *= 1.0 - lumens(self._scene_seed, self.style, y0, x0, y1, x1, step)
         out.flags.writeable = False
         self._last_tissue = (key, out)
         return out
@@ -124,17 +133,19 @@ class SyntheticSlide:
         key = ("raw", cy, cx)
         if key in self._cache:
             return self._cache[key]
-        c = self.cell
+        c, q = self.cell, _CELL_STEP
         y0, x0 = cy * c, cx * c
-        t = self.tissue(y0, x0, y0 + c, x0 + c)
+        t = self.tissue(y0 // q, x0 // q, (y0 + c) // q, (x0 + c) // q, float(q))
         rng = np.random.default_rng(sub_seed(self.seed, 3, cy, cx))
-        count = int(rng.poisson(self.density * float(t.sum()) / mean_area(self.diameter_px)))
+        count = int(
+            rng.poisson(self.density * float(t.sum()) * q * q / mean_area(self.diameter_px))
+        )
         count = min(count, _MAX_PER_CELL - 1)
         nuclei = sample_nuclei(rng, (y0, x0, y0 + c, x0 + c), count, self.diameter_px)
         if len(nuclei):
             at = t[
-                (nuclei.cy - y0).astype(int).clip(0, c - 1),
-                (nuclei.cx - x0).astype(int).clip(0, c - 1),
+                ((nuclei.cy - y0) // q).astype(int).clip(0, c // q - 1),
+                ((nuclei.cx - x0) // q).astype(int).clip(0, c // q - 1),
             ]
             nuclei = nuclei.take(np.flatnonzero(at > 0.5))
         n_cx = -(-self.shape[1] // c) + 2
@@ -144,6 +155,23 @@ class SyntheticSlide:
         return nuclei
 
     def _cell(self, cy: int, cx: int) -> Nuclei:
+        """Nuclei of a cell after dropping those that later neighbours split or hide."""
+        key = ("clean", cy, cx)
+        if key in self._cache:
+            return self._cache[key]
+        own = self._spaced_cell(cy, cx)
+        if len(own):
+            around = [
+                self._spaced_cell(ny, nx)
+                for ny in (cy - 1, cy, cy + 1)
+                for nx in (cx - 1, cx, cx + 1)
+            ]
+            own = drop_occluded(own, Nuclei.concat([a for a in around if len(a)]))
+        self._store(key, own)
+        return own
+
+    def _spaced_cell(self, cy: int, cx: int) -> Nuclei:
+        """Nuclei of a cell after dropping those too close to a higher-priority neighbour cell."""
         key = ("final", cy, cx)
         if key in self._cache:
             return self._cache[key]
@@ -171,7 +199,7 @@ class SyntheticSlide:
     def nuclei_in(self, y0: int, x0: int, y1: int, x1: int) -> Nuclei:
         """All nuclei that may touch region ``[y0:y1, x0:x1]``."""
         c = self.cell
-        reach = self.diameter_px[1]
+        reach = self._reach
         cy0, cy1 = int((y0 - reach) // c), int((y1 + reach) // c)
         cx0, cx1 = int((x0 - reach) // c), int((x1 + reach) // c)
         parts = [self._cell(cy, cx) for cy in range(cy0, cy1 + 1) for cx in range(cx0, cx1 + 1)]
@@ -208,11 +236,10 @@ class SyntheticSlide:
     def _render_block(self, by: int, bx: int) -> tuple[np.ndarray, np.ndarray]:
         B = _BLOCK
         y0, x0, y1, x1 = by * B, bx * B, (by + 1) * B, (bx + 1) * B
-        hz = self.style.halo
-        empty = (
-            len(self.nuclei_in(y0 - hz, x0 - hz, y1 + hz, x1 + hz)) == 0
-            and float(self.tissue(y0 - hz, x0 - hz, y1 + hz, x1 + hz).max()) == 0.0
-        )
+        # No tissue within reach of a nucleus centre (centres need tissue > 0.5 on the
+        # _CELL_STEP grid) means no nucleus and no tissue in the block or its halo.
+        m = self.style.halo + self._reach + 2 * _CELL_STEP
+        empty = float(self.tissue(y0 - m, x0 - m, y1 + m, x1 + m).max()) == 0.0
         channels = 3 if self.kind == "he" else 1
         # pixel noise from a generator seeded per block: blocks are the fixed unit, so this
         # stays region-independent and is much faster than hashing every pixel

@@ -38,13 +38,31 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _text(value: Any) -> str:
+def _rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows as dicts, with map columns (Arrow gives lists of pairs) as dicts."""
+    rows = table.to_pylist()
+    maps = [f.name for f in table.schema if pa.types.is_map(f.type)]
+    for row in rows:
+        for name in maps:
+            if row[name] is not None:
+                row[name] = dict(row[name])
+    return rows
+
+
+def _text(value: Any, short: bool = False) -> str:
+    """A cell as text; ``short`` rounds floats to 4 significant digits (for the screen)."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.4g}" if short else repr(value)
+    if isinstance(value, dict) and short:
+        return ", ".join(f"{k}: {_text(v, True)}" for k, v in value.items())
+    if isinstance(value, list) and short:
+        return "[" + ", ".join(_text(v, True) for v in value) + "]"
     if isinstance(value, (list, dict)):
         return json.dumps(_cell(value))
+    if isinstance(value, datetime) and short:
+        return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     return str(value)
@@ -76,10 +94,10 @@ def render_table(table: pa.Table, title: str | None = None, max_rows: int = 100)
     for field in table.schema:
         numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
         out.add_column(field.name, justify="right" if numeric else "left", overflow="fold")
-    for row in shown.to_pylist():
+    for row in _rows(shown):
         out.add_row(
             *(
-                ("[dim]NULL[/dim]" if v is None else _text(v).replace("[", r"\["))
+                ("[dim]NULL[/dim]" if v is None else _text(v, short=True).replace("[", r"\["))
                 for v in row.values()
             )
         )
@@ -177,11 +195,11 @@ def run_query(
         text_io = io.StringIO()
         writer = csv.writer(text_io, lineterminator="\n")
         writer.writerow(table.column_names)
-        for row in table.to_pylist():
+        for row in _rows(table):
             writer.writerow([_text(v) for v in row.values()])
         text = text_io.getvalue()
     else:
-        text = json.dumps([_cell(r) for r in table.to_pylist()], indent=1) + "\n"
+        text = json.dumps([_cell(r) for r in _rows(table)], indent=1) + "\n"
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()

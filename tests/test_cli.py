@@ -1,0 +1,124 @@
+"""The `segpipe` command: help texts, exit codes, query formats, models, show, the lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from segpipe import tables
+from segpipe.cli import app
+from segpipe.config import load_config
+from segpipe.lock import ResultsLock
+from segpipe.pipeline import ModelRef, discover_items, process_image
+
+SEGPIPE = str(Path(sys.executable).parent / "segpipe")
+COMMANDS = ["run", "demo", "ingest", "synth", "query", "serve", "train", "evaluate", "show", "models"]
+runner = CliRunner()
+
+
+def segpipe(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([SEGPIPE, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> str:
+    """A results folder with one segmented image (no Prefect, in-process engine)."""
+    root = tmp_path_factory.mktemp("cli")
+    (root / "archive").mkdir()
+    rng = np.random.default_rng(0)
+    img = np.full((300, 300), 20, np.uint8)
+    for cy, cx in rng.integers(20, 280, (8, 2)):
+        img[cy - 5:cy + 5, cx - 5:cx + 5] = 200
+    tifffile.imwrite(root / "archive" / "one.tif", img)
+    out = str(root / "results")
+    tables.init_results(out)
+    cfg = load_config(None, {"infer.model": "classical", "ingest.chunk": 256, "ingest.min_size": 128})
+    item = discover_items(str(root / "archive"), cfg)[0]
+    assert process_image(item, item.image_id, out, ModelRef("classical"), cfg, None, "run-1").status == "done"
+    return out
+
+
+def test_top_level_help_lists_commands():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for name in COMMANDS:
+        assert name in res.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help_with_example(command):
+    res = runner.invoke(app, [command, "--help"])
+    assert res.exit_code == 0, res.output
+    assert "Example: segpipe " + command in " ".join(res.output.split())
+
+
+def test_models_lists_builtins():
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0
+    for name in ("nuclei", "defects", "classical"):
+        assert name in res.output
+
+
+def test_query_formats(results, tmp_path):
+    res = segpipe("query", results, "select count(*) as n from regions", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)[0]["n"] == 8
+    res = segpipe("query", results, "select image_id, status from images", "--format", "csv")
+    assert res.returncode == 0 and res.stdout.splitlines() == ["image_id,status", "one,done"]
+    out = tmp_path / "r.parquet"
+    res = segpipe("query", results, "select * from regions", "--format", "parquet", "--output", str(out))
+    assert res.returncode == 0 and out.stat().st_size > 0
+
+
+def test_bad_sql_exits_nonzero_with_duckdb_message(results):
+    res = segpipe("query", results, "select nonsense from nowhere")
+    assert res.returncode == 1
+    assert "nowhere" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_not_a_results_folder(tmp_path):
+    res = segpipe("query", str(tmp_path), "select 1")
+    assert res.returncode == 1 and "not a segpipe results folder" in res.stderr
+
+
+def test_usage_errors_exit_2():
+    assert segpipe("run").returncode == 2
+    assert segpipe("query", "only-one-arg").returncode == 2
+    assert segpipe("show", "r", "i", "--region", "1,2,3").returncode == 2
+
+
+def test_config_error_one_line_exit_1(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[infer]\nbacth = 2\n")
+    res = segpipe("run", str(tmp_path), "--out", str(tmp_path / "r"), "--config", str(bad))
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"error: {bad}: unknown key 'infer.bacth' (valid keys here: model, batch, halo, device)"
+
+
+def test_run_refuses_results_in_use(results, tmp_path):
+    with ResultsLock(results, owner="run-nightly", lease_s=30):
+        res = segpipe("run", str(tmp_path), "--out", results)
+    assert res.returncode == 1
+    assert "is in use by run run-nightly" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_show_writes_png(results, tmp_path):
+    png = tmp_path / "o.png"
+    res = runner.invoke(app, ["show", results, "one", "--out", str(png), "--region", "0,0,128,128"])
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    assert Image.open(png).size == (128, 128)
+
+
+def test_evaluate_without_truth_is_clear(results, tmp_path):
+    res = segpipe("evaluate", results, "--truth", str(tmp_path / "missing"))
+    assert res.returncode == 1 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
