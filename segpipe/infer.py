@@ -19,9 +19,14 @@
    merged by label in a tree of tasks and finalised into region columns.
 
 Tasks take the store URL, the block index, the grid, the model name and the statistics —
-never arrays — and load the model once per worker process (``load_model`` caches it).
-Pass-1 tasks ask for ``resources={"GPU": 1}`` when the cluster has GPU workers
-(annotations around array graphs are dropped, dask/dask#7036, so it is given at submit).
+never arrays — and load the model once per worker process (``load_model`` caches it; a
+loaded :class:`~segpipe.models.Model` is scattered to the workers once). Inside pass 1,
+windows are read ahead and finished (stitch records, statistics, writes) on two threads
+while the model runs. When the cluster has GPU workers
+(:func:`segpipe.cluster.has_gpu_workers`) a pass-1 task takes :data:`GPU_GROUP`
+consecutive blocks, so that pipeline keeps the GPU busy, and asks for
+``resources={"GPU": 1}`` at ``client.submit`` (annotations around array graphs are
+dropped, dask/dask#7036).
 
 Resolution: when the image's µm/px and the card's differ by more than 10 %, pass 1 runs
 ``segment_window(..., scale=image_mpp / card.mpp)`` on level-0 pixels (resampled on a grid
@@ -308,7 +313,10 @@ def segment_image(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     meta = read_meta(zarr_url, storage_options)
-    loaded = load_model(model, device="cpu") if not isinstance(model, Model) else model
+    if isinstance(model, Model):
+        loaded = model
+    else:  # with a cluster the driver needs only the card: keep it off the GPU
+        loaded = load_model(model, device=None if client is None else "cpu")
     card = loaded.card
     name = label_name or card.name
     scale = 1.0

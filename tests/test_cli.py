@@ -122,3 +122,32 @@ def test_show_writes_png(results, tmp_path):
 def test_evaluate_without_truth_is_clear(results, tmp_path):
     res = segpipe("evaluate", results, "--truth", str(tmp_path / "missing"))
     assert res.returncode == 1 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+
+
+def test_progress_reporters():
+    import io
+
+    from rich.console import Console
+
+    from segpipe.cli._progress import LineReporter, RichReporter
+    from segpipe.pipeline import ImageOutcome
+
+    buf = io.StringIO()
+    lines = LineReporter(Console(file=buf, width=200))
+    lines.run_started("run-1", 1, 2)
+    lines.image_started("a")
+    for i in range(1, 101):
+        lines.chunks("a", i, 100)
+    lines.image_finished(ImageOutcome("a", "/x/a.tif", "done", None, 7, 1.5))
+    text = buf.getvalue().splitlines()
+    assert text[0] == "run run-1: 1 image(s) to segment, 2 unchanged"
+    assert sum("chunks" in t for t in text) == 4 and "a: 100/100 chunks" in text  # throttled to quarters
+    assert text[-1] == "a: done, 7 regions in 1.5 s [1/1]"
+
+    buf = io.StringIO()
+    with RichReporter(Console(file=buf, force_terminal=True, width=100)) as bars:
+        bars.run_started("run-1", 2, 0)
+        bars.image_started("a")
+        bars.chunks("a", 5, 10)
+        bars.image_finished(ImageOutcome("a", "/x/a.tif", "failed", "a.tif: truncated", 0, 0.1))
+    assert "images" in buf.getvalue() and "a: failed: a.tif: truncated" in buf.getvalue()

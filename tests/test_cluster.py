@@ -93,12 +93,13 @@ def test_local_gpu_cluster_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     import segpipe.cluster as cluster_mod
 
     monkeypatch.delenv(ADDRESS_ENV, raising=False)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    monkeypatch.setattr(cluster_mod, "count_gpus", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    monkeypatch.setattr(cluster_mod, "count_gpus", lambda: 2)
     with cluster_client(dashboard_address=None) as client:
+        client.wait_for_workers(2)
         workers = client.scheduler_info(n_workers=-1)["workers"]
-        assert len(workers) == 1
-        (info,) = workers.values()
-        assert info["nthreads"] == 1 and info["resources"] == {"GPU": 1}
+        assert len(workers) == 2
+        for info in workers.values():
+            assert info["nthreads"] == 1 and info["resources"] == {"GPU": 1}
         assert has_gpu_workers(client)
-        assert list(client.run(_visible).values()) == ["3"]
+        assert sorted(client.run(_visible).values()) == ["5", "7"]

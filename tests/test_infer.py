@@ -97,6 +97,16 @@ def test_tiled_equals_whole_image_exactly(slide, local_result) -> None:
     assert [areas[v] for v in cols["label"]] == cols["area_px"].tolist()
     assert (cols["image_id"] == "slide").all() and (cols["class"] == "object").all()
     np.testing.assert_allclose(cols["area_um2"], cols["area_px"] * 0.25)
+    # measured block by block = measured on the whole stitched label image (perimeter too)
+    from segpipe.regions import regions_table
+
+    ref = regions_table(tiled, image, mpp=0.5, class_names=["background", "object"],
+                        image_id="slide")  # fmt: skip
+    for name, col in ref.items():
+        if col.dtype == object:
+            assert col.tolist() == cols[name].tolist(), name
+        else:
+            np.testing.assert_allclose(cols[name], col, rtol=1e-9, atol=1e-9, err_msg=name)
 
 
 def test_no_ground_truth_nucleus_is_split_at_a_block_border(slide, local_result) -> None:
@@ -238,7 +248,7 @@ def test_gpu_workers_get_grouped_tasks_with_gpu_resource(slide, local_result) ->
     from segpipe.cluster import has_gpu_workers
 
     url, _ = slide
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
                       resources={"GPU": 1}) as cluster, Client(cluster) as client:  # fmt: skip
         assert has_gpu_workers(client)
         with get_task_stream(client) as stream:
@@ -302,6 +312,10 @@ def test_explicit_blocks_and_bad_arguments(slide) -> None:
     assert (result.blocks_processed, result.blocks_skipped) == (2, 28)
     labels = read_labels(url, "two")
     assert not labels[:256].any() and not labels[384:].any()
+    none = segment_image(url, "classical", label_name="none", blocks=[])
+    assert none.n_regions == 0 and none.blocks_processed == 0
+    assert none.columns["label"].dtype == np.uint32 and none.columns["mean_intensity"].shape == (0, 1)
+    assert not read_labels(url, "none").any()
 
 
 def test_learned_nuclei_model_when_its_weights_exist(slide) -> None:

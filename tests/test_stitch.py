@@ -303,3 +303,52 @@ def test_watershed_objects_smaller_than_halo_are_exact(block, halo, conn) -> Non
     # objects inside small blobs: identical partition; ids unique among them
     assert_same_partition(np.where(keep, tiled, 0), np.where(keep, ref, 0))
     assert len(np.unique(ref[ref > 0])) > len(np.unique(label(mask, connectivity=conn))) - 1
+
+
+# -- the real built-in models through segpipe.predict.segment_window -----------------------
+
+
+def _model_segmenter(name: str, image: np.ndarray):
+    from segpipe.models import load_model
+    from segpipe.normalize import stats_from_image
+    from segpipe.predict import segment_window
+
+    model = load_model(name, device="cpu")
+    stats = stats_from_image(image, model.card, "fluorescence")
+
+    def segment(region: tuple[int, int, int, int]) -> np.ndarray:
+        y0, x0, y1, x1 = region
+        raw = image[:, y0:y1, x0:x1]
+        return segment_window(model, raw, stats, (y0, x0), "fluorescence").labels
+
+    return segment, model.card
+
+
+@pytest.fixture(scope="module")
+def nuclei_fluo() -> np.ndarray:
+    from segpipe.synthetic import nuclei_sample
+
+    image, _ = nuclei_sample((157, 203), rng=11, modality="fluorescence", diameter_px=(8, 18))
+    image = np.asarray(image)
+    return image if image.ndim == 3 else image[None]
+
+
+@pytest.mark.parametrize(("block", "extra"), [((29, 41), 3), ((64, 50), 1)])
+def test_classical_model_tiled_equals_whole_image(nuclei_fluo, block, extra) -> None:
+    segment, card = _model_segmenter("classical", nuclei_fluo)
+    shape = nuclei_fluo.shape[1:]
+    tiled = label_tiled(segment, BlockGrid(shape, block, card.halo + extra))
+    ref = whole(segment, shape)
+    assert ref.max() > 10
+    assert_same_partition(tiled, ref)
+
+
+def test_classical_watershed_objects_smaller_than_halo_are_exact(nuclei_fluo) -> None:
+    segment, card = _model_segmenter("classical-watershed", nuclei_fluo)
+    shape = nuclei_fluo.shape[1:]
+    halo = 40
+    tiled = label_tiled(segment, BlockGrid(shape, (37, 45), halo))
+    ref = whole(segment, shape)
+    keep = small_blob_objects(ref, ref > 0, halo - card.halo, CONNECTIVITY)
+    assert len(np.unique(ref[keep])) > 5
+    assert_same_partition(np.where(keep, tiled, 0), np.where(keep, ref, 0))

@@ -43,10 +43,24 @@ class Fmt(str, Enum):
 
 
 class Kind(str, Enum):
+    he = "he"
+    fluorescence = "fluorescence"
     nuclei = "nuclei"
-    tissue = "tissue"
     defects = "defects"
     mixed = "mixed"
+
+
+def _counts(kind: str, n: int) -> tuple[int, int, int]:
+    """(H&E slides, fluorescence slides, industrial images) for ``n`` images of ``kind``."""
+    if kind == "he":
+        return n, 0, 0
+    if kind == "fluorescence":
+        return 0, n, 0
+    if kind == "nuclei":
+        return n - n // 2, n // 2, 0
+    if kind == "defects":
+        return 0, 0, n
+    return n - 2 * (n // 3), n // 3, n // 3
 
 
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Built-in model (see `segpipe models`) or a weights file with its .json card. Default: nuclei.")]
@@ -165,8 +179,8 @@ def demo(
 
     archive, results = folder / "archive", folder / "results"
     if not archive.exists() or not any(archive.iterdir()):
-        out.print(f"making a synthetic archive of {n} images in {archive} …")
-        _make_archive(archive, "mixed", n, size, 0)
+        out.print(f"making a synthetic archive of {n} images in {archive} …", markup=False)
+        _make_archive(folder, "mixed", n, size, 0)
     chosen = model
     if chosen is None:
         chosen = "nuclei"
@@ -179,16 +193,20 @@ def demo(
     out.print("try:", style="bold")
     out.print(f'  segpipe query {results} "select image_id, class, count(*) as n, avg(area_px) as mean_area '
               'from regions group by all order by all"', markup=False)
-    out.print(f"  segpipe show {results} <image_id> --out overlay.png", markup=False)
+    from segpipe.tables import image_states
+
+    done = sorted(i for i, row in image_states(str(results)).items() if row["status"] == "done")
+    if done:
+        out.print(f"  segpipe show {results} {done[0]} --out {done[0]}.png", markup=False)
 
 
 def _make_archive(folder: Path, kind: str, n: int, size: int, seed: int) -> Any:
+    """``folder/archive`` (images) and ``folder/truth`` (ground truth), synthetic."""
     from segpipe.synthetic import make_archive
 
-    try:
-        return make_archive(folder, kind=kind, n=n, size=size, seed=seed)
-    except TypeError:  # older signature without kind
-        return make_archive(folder, n=n, size=size, seed=seed)
+    n_he, n_fluo, n_ind = _counts(kind, n)
+    return make_archive(folder, n_he=n_he, n_fluorescence=n_fluo, n_industrial=n_ind,
+                        slide_shape=(size, size), industrial_shape=(max(64, size * 3 // 4), size), seed=seed)
 
 
 @app.command()
@@ -220,20 +238,20 @@ def ingest(
 
 @app.command()
 def synth(
-    folder: Annotated[Path, typer.Argument(help="Folder to write the synthetic archive into.")],
-    kind: Annotated[Kind, typer.Option("--kind", help="nuclei (slides), tissue, defects (industrial) or mixed.")] = Kind.mixed,
+    folder: Annotated[Path, typer.Argument(help="Folder to write into: OUT/archive (images) and OUT/truth (ground truth).")],
+    kind: Annotated[Kind, typer.Option("--kind", help="he or fluorescence slides, nuclei (both), defects (industrial images) or mixed.")] = Kind.mixed,
     n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 4,
     size: Annotated[int, typer.Option("--size", min=64, help="Image side in pixels.")] = 2048,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same images).")] = 0,
 ) -> None:
     """Write a synthetic archive (images + ground truth) for trying segpipe out.
 
-    Example: segpipe synth /tmp/archive --kind nuclei --n 4 --size 4096
+    Example: segpipe synth /tmp/synth --kind nuclei --n 4 --size 4096
     """
     info = _make_archive(folder, kind.value, n, size, seed)
-    out.print(f"wrote {n} {kind.value} image(s) to {folder}", markup=False)
-    if info is not None and getattr(info, "truth", None):
-        out.print(f"ground truth: {info.truth}", markup=False)
+    out.print(f"wrote {len(info.items)} {kind.value} image(s) to {info.archive}", markup=False)
+    out.print(f"ground truth: {info.truth}", markup=False)
+    out.print(f"next: segpipe run {info.archive} --out {folder / 'results'}", markup=False)
 
 
 @app.command()

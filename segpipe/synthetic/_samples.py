@@ -59,6 +59,7 @@ def nuclei_sample(
     overlap: float = 0.82,
     dim_fraction: float = 0.15,
     tissue_edge_probability: float = 0.25,
+    jpeg_probability: float | None = None,
     **style: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic nuclei image with its instance labels.
@@ -83,6 +84,9 @@ def nuclei_sample(
         Fraction of dim nuclei (15–45 % of the normal intensity).
     tissue_edge_probability : float
         Probability that the sample shows a tissue edge (glass / empty area without nuclei).
+    jpeg_probability : float
+        Probability that the image goes through JPEG compression (quality 60–95), as most
+        scanned H&E slides do; None means 0.3 for H&E and 0.1 for fluorescence.
     **style
         Fixed values for any :class:`Style` knob (e.g. ``blur_sigma=1.0``).
 
@@ -130,10 +134,23 @@ def nuclei_sample(
     scene = Scene(style=style_, seed=scene_seed, nuclei_in=lambda *_: nuclei, tissue=tissue)
     normals = rng.standard_normal((3 if modality == "he" else 1, Y, X), np.float32)
     image, index, _ = render_region(scene, 0, 0, Y, X, normals)
+    if jpeg_probability is None:
+        jpeg_probability = 0.3 if modality == "he" else 0.1
+    if rng.random() < jpeg_probability:
+        image = _jpeg_roundtrip(image, int(rng.integers(60, 96)))
     labels = gather(nuclei.ids.astype(np.uint32), index)
     labels = _drop_fragments(labels)
     labels = relabel_sequential(labels)[0].astype(np.uint32)
     return image, labels
+
+
+def _jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """Compress and decompress ``(C, Y, X)`` uint8 with JPEG (block artefacts, colour bleeding)."""
+    from imagecodecs import jpeg8_decode, jpeg8_encode
+
+    data = np.ascontiguousarray(np.moveaxis(image, 0, -1) if image.shape[0] == 3 else image[0])
+    decoded = jpeg8_decode(jpeg8_encode(data, level=quality))
+    return np.moveaxis(decoded, -1, 0) if decoded.ndim == 3 else decoded[None]
 
 
 def _drop_fragments(labels: np.ndarray, min_size: int = 4) -> np.ndarray:

@@ -1,9 +1,9 @@
 """A whole synthetic slide as a deterministic, tile-independent description.
 
-* Tissue: low-frequency fractal noise, pushed down near the slide border, thresholded at
-  the quantile that gives ``tissue_fraction`` (estimated once on a coarse grid). It is a
-  pure function of level-0 coordinates, so any region (or a low-resolution thumbnail) can
-  be evaluated on its own.
+* Tissue: one to four lobulated islands with rough edges (``_islands.py``) covering about
+  ``tissue_fraction`` of the slide, with lumens cut out (H&E). It is a pure function of
+  level-0 coordinates, so any region (or a low-resolution thumbnail) can be evaluated on
+  its own.
 * Nuclei: the slide is cut into square cells; each cell draws its nuclei from a generator
   seeded with ``(seed, cell y, cell x)``, keeping only nuclei whose centre lies in tissue.
   A nucleus too close to one of a neighbouring cell with higher (hashed) priority is
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segpipe.errors import ConfigError
-from segpipe.synthetic._noise import fractal_noise, hash_uniform, sub_seed
+from segpipe.synthetic._islands import make_islands
+from segpipe.synthetic._noise import hash_uniform, sub_seed
 from segpipe.synthetic._nuclei import (
     Nuclei,
     conflicts,
@@ -91,37 +92,18 @@ class SyntheticSlide:
         self._scene_seed = sub_seed(self.seed, 5)
         self._reach = int(np.ceil(max_radius(self.diameter_px))) + 1
         self.cell = int(np.ceil(max(128, 4 * self.diameter_px[1]) / 16) * 16)
-        self._spacing = max(Y, X) / 1.6  # one to three compact islands
-        self._margin = 0.12 * min(Y, X)
-        step = max(1.0, max(Y, X) / 256.0)
-        coarse = self._field(0, 0, int(np.ceil(Y / step)), int(np.ceil(X / step)), step)
-        self._threshold = (
-            float(np.quantile(coarse, 1.0 - self.tissue_fraction))
-            if self.tissue_fraction < 1
-            else -9.0
-        )
-        self._edge = 12.0 / self._spacing  # soft tissue edge ~10 px wide
+        self._islands = make_islands(sub_seed(self.seed, 2), (Y, X), self.tissue_fraction)
 
     # ---- tissue -------------------------------------------------------------------------
-    def _field(self, y0: int, x0: int, y1: int, x1: int, step: float = 1.0) -> np.ndarray:
-        Y, X = self.shape
-        f = fractal_noise(sub_seed(self.seed, 2), y0, x0, y1, x1, self._spacing, 2, 0.35, step)
-        yy = (np.arange(y0, y1) + 0.5) * step
-        xx = (np.arange(x0, x1) + 0.5) * step
-        dy = np.minimum(yy, Y - yy)[:, None]
-        dx = np.minimum(xx, X - xx)[None, :]
-        border = np.clip(1.0 - np.minimum(dy, dx) / self._margin, 0.0, 1.0)
-        return f - 1.5 * border.astype(np.float32)
-
     def tissue(self, y0: int, x0: int, y1: int, x1: int, step: float = 1.0) -> np.ndarray:
         """Soft tissue map in [0, 1] of a region (in the grid of ``step`` level-0 px)."""
         key = (y0, x0, y1, x1, step)
         if self._last_tissue[0] == key:  # render asks for the block it just checked
             return self._last_tissue[1]
-        f = self._field(y0, x0, y1, x1, step)
         if self.tissue_fraction >= 1.0:
-            f = np.full_like(f, 1.0)
-        out = np.clip((f - self._threshold) / self._edge + 0.5, 0.0, 1.0).astype(np.float32)
+            out = np.ones((y1 - y0, x1 - x0), np.float32)
+        else:
+            out = self._islands.tissue(y0, x0, y1, x1, step)
         if step <= _LUMEN_MAX_STEP:  # lumens are finer than a thumbnail pixel: skip them there
             out *= 1.0 - lumens(self._scene_seed, self.style, y0, x0, y1, x1, step)
         out.flags.writeable = False

@@ -1,0 +1,71 @@
+"""Run every benchmark in one go on this machine: ``make bench`` / ``python -m benchmarks.run_all``.
+
+Order: the memory run first (the 32k² slide is the longest and most important figure),
+then the ones that reuse its measurements or each other's (ingest, MONAI, scaling,
+overhead). Options are passed to every benchmark (``--quick``, ``--repeats``, ``--workdir``,
+``--model``, ``--docs/--no-docs``); ``--only`` / ``--skip`` pick benchmarks. The summary
+table and the machine go into docs/benchmarks.md. Exit status: 0 when every target is met,
+1 when one fails, 2 when one could not be measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from benchmarks._harness import add_common_args, machine_info, machine_markdown, update_docs
+
+ORDER = ["memory", "ingest_raw", "throughput", "monai", "scaling", "incremental", "overhead"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--only", default="", help=f"Comma-separated subset of {','.join(ORDER)}.")
+    p.add_argument("--skip", default="", help="Comma-separated benchmarks to leave out.")
+    args = p.parse_args(argv)
+    names = [n for n in ORDER if (not args.only or n in args.only.split(",")) and n not in args.skip.split(",")]
+    passthrough = [a for a in argv if not a.startswith(("--only", "--skip"))]
+    # drop the values of --only/--skip given as separate words
+    cleaned, skip_next = [], False
+    for a in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        if a in ("--only", "--skip"):
+            skip_next = True
+            continue
+        if a.startswith(("--only=", "--skip=")):
+            continue
+        cleaned.append(a)
+    passthrough = cleaned
+    t0 = time.perf_counter()
+    results = []
+    for name in names:
+        mod = importlib.import_module(f"benchmarks.bench_{name}")
+        code = mod.main(passthrough)
+        results.append((name, code))
+    total = time.perf_counter() - t0
+    write = args.docs if args.docs is not None else not args.quick
+    lines = ["| benchmark | verdict | exit |", "|---|---|---|"]
+    verdict = {0: "PASS", 1: "FAIL", 2: "NOT MEASURED"}
+    lines += [f"| `bench_{n}` | {verdict.get(c, c)} | {c} |" for n, c in results]
+    cmd = "python -m benchmarks.run_all" + (" " + " ".join(argv) if argv else "")
+    lines += ["", f"Whole suite: `{cmd}` (= `make bench`), {total / 60:.1f} min."]
+    print("\n== summary ==")
+    for n, c in results:
+        print(f"  bench_{n:<12} {verdict.get(c, c)}")
+    print(f"  total {total / 60:.1f} min")
+    if write:
+        update_docs("summary", "\n".join(lines))
+        update_docs("machine", machine_markdown(machine_info()))
+    codes = [c for _, c in results]
+    return 1 if 1 in codes else (2 if 2 in codes else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
