@@ -64,24 +64,36 @@ def _config(workers: int, threads: int) -> Any:
 
 
 # ---- pipeline -----------------------------------------------------------------------------
-def _run_image(source: str, results: str, model: str, config: Any, client: Any, api: str) -> dict[str, Any]:
+def _run_image(
+    source: str, results: str, model: str, config: Any, client: Any, api: str
+) -> dict[str, Any]:
     """One image through the pipeline; returns stage timings (s) and counts."""
     shutil.rmtree(results, ignore_errors=True)
     Path(results).mkdir(parents=True)
     return _run_stages(source, results, model, config, client, api)
 
 
-def _run_stages(source: str, results: str, model: str, config: Any, client: Any, api: str) -> dict[str, Any]:
+def _run_stages(
+    source: str, results: str, model: str, config: Any, client: Any, api: str
+) -> dict[str, Any]:
     start = {"t_start": time.time()}
     if api == "pipeline":
         from segpipe.pipeline import ModelRef, new_run_id, process_image
 
-        out = process_image(source, IMAGE_ID, results, ModelRef(model), config, client, new_run_id())
+        out = process_image(
+            source, IMAGE_ID, results, ModelRef(model), config, client, new_run_id()
+        )
         if out.status != "done":
             raise RuntimeError(f"pipeline failed: {out.error}")
         t = dict(out.timings)
-        return {"ingest": t.get("ingest", float("nan")), "segment": t.get("segment", float("nan")),
-                "publish": t.get("publish", 0.0), "n_regions": out.n_regions, **_blocks(results), **start}
+        return {
+            "ingest": t.get("ingest", float("nan")),
+            "segment": t.get("segment", float("nan")),
+            "publish": t.get("publish", 0.0),
+            "n_regions": out.n_regions,
+            **_blocks(results),
+            **start,
+        }
     # direct: the same stages without the status rows (used when the pipeline module is not ready)
     from segpipe import tables
     from segpipe.infer import segment_image
@@ -96,9 +108,16 @@ def _run_stages(source: str, results: str, model: str, config: Any, client: Any,
     t2 = time.perf_counter()
     tables.write_regions(results, IMAGE_ID, new_run_id(), res.columns)
     t3 = time.perf_counter()
-    return {"ingest": t1 - t0, "segment": t2 - t1, "publish": t3 - t2, "n_regions": res.n_regions,
-            "blocks_processed": res.blocks_processed, "blocks_total": res.blocks_total,
-            "engine_timings": res.timings, **start}
+    return {
+        "ingest": t1 - t0,
+        "segment": t2 - t1,
+        "publish": t3 - t2,
+        "n_regions": res.n_regions,
+        "blocks_processed": res.blocks_processed,
+        "blocks_total": res.blocks_total,
+        "engine_timings": res.timings,
+        **start,
+    }
 
 
 def _blocks(results: str) -> dict[str, Any]:
@@ -108,7 +127,7 @@ def _blocks(results: str) -> dict[str, Any]:
 
         cur = open_results(results).execute("select * from images")
         names = [d[0] for d in cur.description]
-        row = dict(zip(names, cur.fetchall()[-1]))
+        row = dict(zip(names, cur.fetchall()[-1], strict=False))
         return {k: row[k] for k in ("n_blocks", "n_blocks_total", "tissue_area_px") if k in row}
     except Exception as exc:  # bookkeeping only
         return {"blocks_note": f"{type(exc).__name__}: {exc}"[:200]}
@@ -135,8 +154,10 @@ def pipeline(a: argparse.Namespace) -> dict[str, Any]:
                     _run_image(a.warmup, str(out / "warmup"), a.model, config, client, "pipeline")
                     api = "pipeline"
                 except Exception as exc:
-                    print(f"pipeline API failed ({type(exc).__name__}: {exc}); using the stages directly",
-                          file=sys.stderr)
+                    print(
+                        f"pipeline API failed ({type(exc).__name__}: {exc}); using the stages directly",
+                        file=sys.stderr,
+                    )
                     api = "direct"
                     _run_image(a.warmup, str(out / "warmup"), a.model, config, client, api)
             else:
@@ -192,9 +213,18 @@ def model_only(a: argparse.Namespace) -> dict[str, Any]:
     _, ny, nx = x.shape
     tile, halo, stride = card.tile, card.halo, card.stride
     rows, cols = -(-ny // stride), -(-nx // stride)
-    xp = np.pad(x, ((0, 0), (halo, rows * stride - ny + halo), (halo, cols * stride - nx + halo)), mode="reflect")
-    tiles = np.stack([xp[:, ky * stride : ky * stride + tile, kx * stride : kx * stride + tile]
-                      for ky in range(rows) for kx in range(cols)])
+    xp = np.pad(
+        x,
+        ((0, 0), (halo, rows * stride - ny + halo), (halo, cols * stride - nx + halo)),
+        mode="reflect",
+    )
+    tiles = np.stack(
+        [
+            xp[:, ky * stride : ky * stride + tile, kx * stride : kx * stride + tile]
+            for ky in range(rows)
+            for kx in range(cols)
+        ]
+    )
     del xp, x, raw
     model.predict(tiles[:1])  # warm-up
     runs = []
@@ -203,8 +233,14 @@ def model_only(a: argparse.Namespace) -> dict[str, Any]:
         for i in range(0, len(tiles), a.batch):
             model.predict(tiles[i : i + a.batch])
         runs.append(time.perf_counter() - t)
-    return {"runs": runs, "pixels": ny * nx, "n_tiles": len(tiles), "tile": tile, "stride": stride,
-            "threads": a.threads}
+    return {
+        "runs": runs,
+        "pixels": ny * nx,
+        "n_tiles": len(tiles),
+        "tile": tile,
+        "stride": stride,
+        "threads": a.threads,
+    }
 
 
 def monai(a: argparse.Namespace) -> dict[str, Any]:
@@ -231,14 +267,25 @@ def monai(a: argparse.Namespace) -> dict[str, Any]:
         x = torch.from_numpy(_prepared(raw, model, modality))[None]
         t1 = time.perf_counter()
         with torch.inference_mode():
-            logits = sliding_window_inference(x, roi_size=(card.tile, card.tile), sw_batch_size=a.batch,
-                                              predictor=module, overlap=overlap, mode="constant")
+            logits = sliding_window_inference(
+                x,
+                roi_size=(card.tile, card.tile),
+                sw_batch_size=a.batch,
+                predictor=module,
+                overlap=overlap,
+                mode="constant",
+            )
             probs = torch.sigmoid(logits) if card.task == "binary" else torch.softmax(logits, dim=1)
         runs.append(time.perf_counter() - t)
         prep.append(t1 - t)
         del x, logits, probs
-    return {"runs": runs, "prepare": prep, "pixels": int(raw.shape[1] * raw.shape[2]), "overlap": overlap,
-            "threads": a.threads}
+    return {
+        "runs": runs,
+        "prepare": prep,
+        "pixels": int(raw.shape[1] * raw.shape[2]),
+        "overlap": overlap,
+        "threads": a.threads,
+    }
 
 
 def decode(a: argparse.Namespace) -> dict[str, Any]:
@@ -284,14 +331,28 @@ def loop(a: argparse.Namespace) -> dict[str, Any]:
 
 def cli(a: argparse.Namespace) -> dict[str, Any]:
     """``segpipe run SOURCE --out RESULTS --model M`` in a subprocess (the user's command)."""
-    cmd = [sys.executable, "-c", "from segpipe.cli import main; main()", "run", a.source, "--out", a.out,
-           "--model", a.model, "--workers", str(a.workers), *a.extra]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from segpipe.cli import main; main()",
+        "run",
+        a.source,
+        "--out",
+        a.out,
+        "--model",
+        a.model,
+        "--workers",
+        str(a.workers),
+        *a.extra,
+    ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     seconds = time.perf_counter() - t
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
     if proc.returncode not in (0,):
-        raise RuntimeError(f"segpipe run exited {proc.returncode}: {(proc.stdout + proc.stderr)[-600:]}")
+        raise RuntimeError(
+            f"segpipe run exited {proc.returncode}: {(proc.stdout + proc.stderr)[-600:]}"
+        )
     summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("run ")]
     return {"seconds": seconds, "summary": summary[-1] if summary else proc.stdout[-300:]}
 
@@ -316,19 +377,37 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - t
     stats = pstats.Stats(prof)
     top = []
-    for (file, line, fn), (cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        top.append({"function": f"{Path(file).name}:{line}({fn})", "tottime": tt, "cumtime": ct, "calls": nc})
+    for (file, line, fn), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        top.append(
+            {
+                "function": f"{Path(file).name}:{line}({fn})",
+                "tottime": tt,
+                "cumtime": ct,
+                "calls": nc,
+            }
+        )
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(40)
     sys.stderr.write(buf.getvalue())
     shutil.rmtree(url, ignore_errors=True)
-    return {"seconds": seconds, "engine_timings": res.timings,
-            "by_tottime": sorted(top, key=lambda r: -r["tottime"])[:25],
-            "by_cumtime": sorted(top, key=lambda r: -r["cumtime"])[:40]}
+    return {
+        "seconds": seconds,
+        "engine_timings": res.timings,
+        "by_tottime": sorted(top, key=lambda r: -r["tottime"])[:25],
+        "by_cumtime": sorted(top, key=lambda r: -r["cumtime"])[:40],
+    }
 
 
-MODES = {"pipeline": pipeline, "ingest": ingest, "model-only": model_only, "monai": monai, "decode": decode,
-         "loop": loop, "cli": cli, "profile": profile}
+MODES = {
+    "pipeline": pipeline,
+    "ingest": ingest,
+    "model-only": model_only,
+    "monai": monai,
+    "decode": decode,
+    "loop": loop,
+    "cli": cli,
+    "profile": profile,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

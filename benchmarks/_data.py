@@ -75,13 +75,20 @@ def bench_model(workdir: Path, choice: str = "auto") -> BenchModel:
             path = save_model(module, card, path)
             _mark(path, {"card": card.name})
         arch = card.architecture
-        return BenchModel(str(path), f"light U-Net ({arch.get('preset')}) of the nuclei card, random weights, tile {card.tile}, halo {card.halo}")
+        return BenchModel(
+            str(path),
+            f"light U-Net ({arch.get('preset')}) of the nuclei card, random weights, tile {card.tile}, halo {card.halo}",
+        )
     if choice == "classical":
-        return BenchModel("classical", "classical (Gaussian + threshold, a torch module without weights)")
+        return BenchModel(
+            "classical", "classical (Gaussian + threshold, a torch module without weights)"
+        )
     return BenchModel(choice, choice)
 
 
-def synthetic_slide(workdir: Path, size: int, tissue: float, kind: str = "fluorescence", seed: int = SEED) -> Path:
+def synthetic_slide(
+    workdir: Path, size: int, tissue: float, kind: str = "fluorescence", seed: int = SEED
+) -> Path:
     """A square synthetic slide from :func:`segpipe.synthetic.write_slide` (cached).
 
     ``kind="fluorescence"``: grey nuclei on dark glass (one uint8 channel). ``tissue`` is
@@ -94,16 +101,33 @@ def synthetic_slide(workdir: Path, size: int, tissue: float, kind: str = "fluore
     if _fresh(path):
         return path
     t0 = time.perf_counter()
-    info = write_slide(path, (size, size), kind=kind, seed=seed, tissue_fraction=tissue, mpp=MPP,
-                       labels_path=folder / f"slide_{kind}_{size}_t{round(tissue * 100)}_s{seed}_labels.tif")
-    _mark(path, {"seconds": time.perf_counter() - t0, "tissue_fraction": info.tissue_fraction,
-                 "n_nuclei": info.n_nuclei})
-    print(f"  wrote {path.name} ({size}² px, tissue {info.tissue_fraction:.2f}) in {time.perf_counter() - t0:.0f} s",
-          flush=True)
+    info = write_slide(
+        path,
+        (size, size),
+        kind=kind,
+        seed=seed,
+        tissue_fraction=tissue,
+        mpp=MPP,
+        labels_path=folder / f"slide_{kind}_{size}_t{round(tissue * 100)}_s{seed}_labels.tif",
+    )
+    _mark(
+        path,
+        {
+            "seconds": time.perf_counter() - t0,
+            "tissue_fraction": info.tissue_fraction,
+            "n_nuclei": info.n_nuclei,
+        },
+    )
+    print(
+        f"  wrote {path.name} ({size}² px, tissue {info.tissue_fraction:.2f}) in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     return path
 
 
-def mosaic_slide(workdir: Path, size: int, patch: int = 2048, tile: int = 256, seed: int = SEED) -> Path:
+def mosaic_slide(
+    workdir: Path, size: int, patch: int = 2048, tile: int = 256, seed: int = SEED
+) -> Path:
     """A square, fully-tissue slide of any size, written tile by tile as a tiled BigTIFF.
 
     One ``patch``² fully-tissue fluorescence region is rendered by
@@ -124,7 +148,9 @@ def mosaic_slide(workdir: Path, size: int, patch: int = 2048, tile: int = 256, s
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if patch % tile or size % tile:
-        raise ValueError(f"mosaic: size {size} and patch {patch} must be multiples of the tile {tile}")
+        raise ValueError(
+            f"mosaic: size {size} and patch {patch} must be multiples of the tile {tile}"
+        )
     base, _ = SyntheticSlide((patch, patch), "fluorescence", seed, 1.0).render(0, 0, patch, patch)
     base = base[0]
     variants = [base, base[::-1], base[:, ::-1], base[::-1, ::-1]]
@@ -139,12 +165,23 @@ def mosaic_slide(workdir: Path, size: int, patch: int = 2048, tile: int = 256, s
 
     tmp = path.with_name(path.name + ".tmp")
     with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
-        tif.write(tiles(), shape=(size, size), dtype=np.uint8, tile=(tile, tile), compression="zlib",
-                  photometric="minisblack", resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER",
-                  metadata=None, description=f"segpipe benchmark mosaic {size}x{size}")
+        tif.write(
+            tiles(),
+            shape=(size, size),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            compression="zlib",
+            photometric="minisblack",
+            resolution=(1e4 / MPP, 1e4 / MPP),
+            resolutionunit="CENTIMETER",
+            metadata=None,
+            description=f"segpipe benchmark mosaic {size}x{size}",
+        )
     tmp.replace(path)
     _mark(path, {"seconds": time.perf_counter() - t0})
-    print(f"  wrote {path.name} ({size}² px mosaic) in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"  wrote {path.name} ({size}² px mosaic) in {time.perf_counter() - t0:.0f} s", flush=True
+    )
     return path
 
 

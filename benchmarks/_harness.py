@@ -147,8 +147,15 @@ class ChildRun:
         return max((rss for t, rss in self.series if t0 <= t <= t1), default=0)
 
 
-def run_child(mode: str, args: Sequence[str], workdir: Path, *, timeout: float = 3600,
-              env: dict[str, str] | None = None, label: str | None = None) -> ChildRun:
+def run_child(
+    mode: str,
+    args: Sequence[str],
+    workdir: Path,
+    *,
+    timeout: float = 3600,
+    env: dict[str, str] | None = None,
+    label: str | None = None,
+) -> ChildRun:
     """Run ``python -m benchmarks._child MODE ARGS`` and measure it.
 
     The child's stderr goes to ``WORKDIR/logs/<label>.log``; its last stdout line tagged
@@ -165,7 +172,9 @@ def run_child(mode: str, args: Sequence[str], workdir: Path, *, timeout: float =
     with open(log, "w") as err:
         err.write("$ " + shlex.join(cmd) + "\n")
         err.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, env=full_env)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, env=full_env
+        )
         with PeakRSS(proc.pid) as mem:
             try:
                 out, _ = proc.communicate(timeout=timeout)
@@ -174,10 +183,12 @@ def run_child(mode: str, args: Sequence[str], workdir: Path, *, timeout: float =
                 proc.communicate()
                 raise BenchError(f"{label}: timed out after {timeout:.0f} s (log {log})") from None
     wall = time.perf_counter() - t0
-    results = [line[len(RESULT_TAG):] for line in out.splitlines() if line.startswith(RESULT_TAG)]
+    results = [line[len(RESULT_TAG) :] for line in out.splitlines() if line.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not results:
         tail = log.read_text(errors="replace").strip().splitlines()[-12:]
-        raise BenchError(f"{label}: child exited {proc.returncode}; log {log}:\n    " + "\n    ".join(tail))
+        raise BenchError(
+            f"{label}: child exited {proc.returncode}; log {log}:\n    " + "\n    ".join(tail)
+        )
     return ChildRun(json.loads(results[-1]), wall, mem.peak, mem.max_procs, log, mem.series)
 
 
@@ -232,10 +243,16 @@ def machine_info() -> dict[str, Any]:
         except Exception:  # not installed / no version
             info[mod] = "not installed"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                               text=True, timeout=20).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, timeout=20
+        ).stdout.strip()
         info["commit"] = commit + (" + uncommitted changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         info["commit"] = "unknown"
@@ -244,14 +261,18 @@ def machine_info() -> dict[str, Any]:
 
 def machine_markdown(info: dict[str, Any]) -> str:
     """The machine as a markdown list."""
-    libs = ", ".join(f"{k} {info[k]}" for k in ("numpy", "dask", "distributed", "zarr", "tifffile", "monai"))
-    return "\n".join([
-        f"* measured {info['date']}, segpipe {info['segpipe']} (commit {info['commit']})",
-        f"* CPU: {info['cpu']}, `nproc` = {info['nproc']}, RAM {info['ram_gib']} GiB",
-        f"* GPU: {info['gpu']}",
-        f"* Python {info['python']}, torch {info['torch']} ({info['torch_threads']} intra-op threads), {libs}",
-        f"* {info['os']}",
-    ])
+    libs = ", ".join(
+        f"{k} {info[k]}" for k in ("numpy", "dask", "distributed", "zarr", "tifffile", "monai")
+    )
+    return "\n".join(
+        [
+            f"* measured {info['date']}, segpipe {info['segpipe']} (commit {info['commit']})",
+            f"* CPU: {info['cpu']}, `nproc` = {info['nproc']}, RAM {info['ram_gib']} GiB",
+            f"* GPU: {info['gpu']}",
+            f"* Python {info['python']}, torch {info['torch']} ({info['torch_threads']} intra-op threads), {libs}",
+            f"* {info['os']}",
+        ]
+    )
 
 
 # ---- outcome, docs -----------------------------------------------------------------------
@@ -280,7 +301,11 @@ class Outcome:
 
     def markdown(self) -> str:
         """The section body written into docs/benchmarks.md."""
-        lines = [f"Command: `{self.command}`" + (" (quick smoke run: small images, 1 repeat)" if self.quick else ""), ""]
+        lines = [
+            f"Command: `{self.command}`"
+            + (" (quick smoke run: small images, 1 repeat)" if self.quick else ""),
+            "",
+        ]
         if self.rows:
             lines.append("| " + " | ".join(self.header) + " |")
             lines.append("|" + "---|" * len(self.header))
@@ -297,9 +322,12 @@ class Outcome:
         """Print the result to the terminal."""
         print(f"\n== {self.title} ==")
         if self.rows:
-            widths = [max(len(_cell(r[i])) for r in [self.header, *self.rows]) for i in range(len(self.header))]
+            widths = [
+                max(len(_cell(r[i])) for r in [self.header, *self.rows])
+                for i in range(len(self.header))
+            ]
             for r in [self.header, *self.rows]:
-                print("  " + "  ".join(_cell(v).ljust(w) for v, w in zip(r, widths)))
+                print("  " + "  ".join(_cell(v).ljust(w) for v, w in zip(r, widths, strict=False)))
         ratio = "n/a" if self.ratio is None else f"{self.ratio:.2f}"
         print(f"  {self.ratio_label}: {ratio}   target {self.target}   {self.verdict}")
         for n in self.notes:
@@ -342,12 +370,30 @@ def update_docs(section: str, text: str, path: Path = DOCS) -> None:
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--quick``, ``--repeats``, ``--workdir``, ``--model``, ``--docs/--no-docs``."""
     p.add_argument("--quick", action="store_true", help="Smoke test: small images, 1 repeat.")
-    p.add_argument("--repeats", type=int, default=None, help="Runs per configuration (default 3, 1 with --quick); the median is reported.")
-    p.add_argument("--workdir", type=Path, default=Path(os.environ.get("SEGPIPE_BENCH_WORKDIR", DEFAULT_WORKDIR)),
-                   help="Where test data and results go (default ./bench-work, git-ignored; data is reused between runs).")
-    p.add_argument("--model", default="auto",
-                   help="auto (nuclei when its weights are installed, else a light U-Net with random weights built from the nuclei card), classical, or a name / weights path.")
-    p.add_argument("--docs", dest="docs", action="store_true", default=None, help="Write the figures into docs/benchmarks.md (default: yes, except with --quick).")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="Runs per configuration (default 3, 1 with --quick); the median is reported.",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(os.environ.get("SEGPIPE_BENCH_WORKDIR", DEFAULT_WORKDIR)),
+        help="Where test data and results go (default ./bench-work, git-ignored; data is reused between runs).",
+    )
+    p.add_argument(
+        "--model",
+        default="auto",
+        help="auto (nuclei when its weights are installed, else a light U-Net with random weights built from the nuclei card), classical, or a name / weights path.",
+    )
+    p.add_argument(
+        "--docs",
+        dest="docs",
+        action="store_true",
+        default=None,
+        help="Write the figures into docs/benchmarks.md (default: yes, except with --quick).",
+    )
     p.add_argument("--no-docs", dest="docs", action="store_false")
     return p
 
@@ -375,15 +421,23 @@ def finish(outcome: Outcome, args: argparse.Namespace) -> int:
     return 0 if outcome.passed else 1
 
 
-def cli_main(module: str, doc: str | None, add_args: Callable[[argparse.ArgumentParser], None],
-             run: Callable[[argparse.Namespace], Outcome], argv: Sequence[str] | None = None) -> int:
+def cli_main(
+    module: str,
+    doc: str | None,
+    add_args: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], Outcome],
+    argv: Sequence[str] | None = None,
+) -> int:
     """Parse the common and the benchmark's own options, run it, print, write docs.
 
     A measurement that fails (a child error, a segpipe part missing) is reported as
     NOT MEASURED with the reason, exit status 2.
     """
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{module}", description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.{module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_common_args(p)
     add_args(p)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -397,8 +451,13 @@ def cli_main(module: str, doc: str | None, add_args: Callable[[argparse.Argument
         outcome = run(args)
     except (BenchError, ImportError, AttributeError, OSError, ValueError, RuntimeError) as exc:
         title = (doc or module).strip().splitlines()[0]
-        outcome = not_measured(module.removeprefix("bench_"), title, args.command,
-                               f"not measured: {type(exc).__name__}: {exc}", args.quick)
+        outcome = not_measured(
+            module.removeprefix("bench_"),
+            title,
+            args.command,
+            f"not measured: {type(exc).__name__}: {exc}",
+            args.quick,
+        )
     outcome.extra["seconds"] = time.perf_counter() - t0
     args.outcome = outcome
     code = finish(outcome, args)

@@ -20,10 +20,16 @@ TARGET_S = 15.0
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--images", type=int, default=None, help="Archive size (default 50; 10 with --quick).")
+    p.add_argument(
+        "--images", type=int, default=None, help="Archive size (default 50; 10 with --quick)."
+    )
     p.add_argument("--side", type=int, default=512, help="Image side in px (default 512).")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--run-model", default="classical", help="Model of the runs (default classical: the skip logic does not depend on it).")
+    p.add_argument(
+        "--run-model",
+        default="classical",
+        help="Model of the runs (default classical: the skip logic does not depend on it).",
+    )
 
 
 def _counts(summary: str) -> dict[str, int]:
@@ -39,12 +45,28 @@ def run(args: argparse.Namespace) -> Outcome:
     results = args.workdir / "out" / "incremental"
     shutil.rmtree(results, ignore_errors=True)
     base = ["--model", args.run_model, "--workers", args.workers]
-    first = run_child("cli", ["--source", archive, "--out", results, *base], args.workdir, label="incremental-first")
-    reruns = [run_child("cli", ["--source", archive, "--out", results, *base], args.workdir, label=f"incremental-rerun-{i}")
-              for i in range(repeats(args))]
+    first = run_child(
+        "cli",
+        ["--source", archive, "--out", results, *base],
+        args.workdir,
+        label="incremental-first",
+    )
+    reruns = [
+        run_child(
+            "cli",
+            ["--source", archive, "--out", results, *base],
+            args.workdir,
+            label=f"incremental-rerun-{i}",
+        )
+        for i in range(repeats(args))
+    ]
     shutil.rmtree(args.workdir / "out" / "incremental-empty", ignore_errors=True)
-    blank = run_child("cli", ["--source", empty, "--out", args.workdir / "out" / "incremental-empty", *base],
-                      args.workdir, label="incremental-empty")
+    blank = run_child(
+        "cli",
+        ["--source", empty, "--out", args.workdir / "out" / "incremental-empty", *base],
+        args.workdir,
+        label="incremental-empty",
+    )
     t_first = first.result["seconds"]
     t_re = median(r.result["seconds"] for r in reruns)
     counts = [_counts(r.result["summary"]) for r in reruns]
@@ -52,16 +74,41 @@ def run(args: argparse.Namespace) -> Outcome:
     skipped = min((c.get("skipped", -1) for c in counts), default=-1)
     header = ["run", "median s", "images done", "images skipped", "peak RSS MiB"]
     fc = _counts(first.result["summary"])
-    rows = [["first run", t_first, fc.get("done", "?"), fc.get("skipped", "?"), mb(first.peak_rss)],
-            [f"rerun, unchanged archive (×{len(reruns)})", t_re, processed, skipped, mb(max(r.peak_rss for r in reruns))],
-            ["same command on an empty archive", blank.result["seconds"], 0, 0, mb(blank.peak_rss)]]
-    save_json(args.workdir, "incremental", {"first": first.result, "reruns": [r.result for r in reruns], "empty": blank.result})
+    rows = [
+        ["first run", t_first, fc.get("done", "?"), fc.get("skipped", "?"), mb(first.peak_rss)],
+        [
+            f"rerun, unchanged archive (×{len(reruns)})",
+            t_re,
+            processed,
+            skipped,
+            mb(max(r.peak_rss for r in reruns)),
+        ],
+        ["same command on an empty archive", blank.result["seconds"], 0, 0, mb(blank.peak_rss)],
+    ]
+    save_json(
+        args.workdir,
+        "incremental",
+        {"first": first.result, "reruns": [r.result for r in reruns], "empty": blank.result},
+    )
     passed = processed == 0 and skipped == n and t_re <= TARGET_S
-    notes = [f"{n} PNGs of {args.side}² px, model {args.run_model}, `segpipe run ARCHIVE --out RESULTS --model {args.run_model} "
-             f"--workers {args.workers}` in a fresh process each time (wall time of the whole command).",
-             f"Rerun summary: {reruns[0].result['summary']}"]
-    return Outcome("incremental", "Incremental rerun on an unchanged archive", header, rows, t_re,
-                   "rerun seconds", f"0 images processed, ≤ {TARGET_S:.0f} s", passed, args.command, notes, args.quick)
+    notes = [
+        f"{n} PNGs of {args.side}² px, model {args.run_model}, `segpipe run ARCHIVE --out RESULTS --model {args.run_model} "
+        f"--workers {args.workers}` in a fresh process each time (wall time of the whole command).",
+        f"Rerun summary: {reruns[0].result['summary']}",
+    ]
+    return Outcome(
+        "incremental",
+        "Incremental rerun on an unchanged archive",
+        header,
+        rows,
+        t_re,
+        "rerun seconds",
+        f"0 images processed, ≤ {TARGET_S:.0f} s",
+        passed,
+        args.command,
+        notes,
+        args.quick,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

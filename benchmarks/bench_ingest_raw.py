@@ -19,38 +19,82 @@ import os
 import sys
 
 from benchmarks._data import mosaic_slide
-from benchmarks._harness import Outcome, cli_main, load_json, mb, median, repeats, run_child, save_json
+from benchmarks._harness import (
+    Outcome,
+    cli_main,
+    load_json,
+    mb,
+    median,
+    repeats,
+    run_child,
+    save_json,
+)
 
 TARGET_SPEED = 0.33
 TARGET_MEM = 1.2
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", default=None, help="Small,large sides (default 8192,32768; 2048,8192 with --quick).")
+    p.add_argument(
+        "--sizes",
+        default=None,
+        help="Small,large sides (default 8192,32768; 2048,8192 with --quick).",
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--no-reuse", action="store_true", help="Measure ingest here even when bench_memory's runs are there.")
+    p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="Measure ingest here even when bench_memory's runs are there.",
+    )
 
 
 def run(args: argparse.Namespace) -> Outcome:
-    sizes = [int(v) for v in (args.sizes or ("2048,8192" if args.quick else "8192,32768")).split(",")]
+    sizes = [
+        int(v) for v in (args.sizes or ("2048,8192" if args.quick else "8192,32768")).split(",")
+    ]
     mem = None if args.no_reuse else load_json(args.workdir, "memory")
-    header = ["slide", "tifffile raw decode (1 thread), median s", "MP/s", "segpipe ingest, median s", "MP/s",
-              "MP/s per worker", "per worker / decode", "ingest peak RSS MiB (all processes)"]
+    header = [
+        "slide",
+        "tifffile raw decode (1 thread), median s",
+        "MP/s",
+        "segpipe ingest, median s",
+        "MP/s",
+        "MP/s per worker",
+        "per worker / decode",
+        "ingest peak RSS MiB (all processes)",
+    ]
     rows, raw, notes = [], {}, []
     speed, peaks = {}, {}
     for i, size in enumerate(sizes):
         slide = str(mosaic_slide(args.workdir, size))
         n = repeats(args) if i == 0 or args.quick else 1
-        dec = run_child("decode", ["--source", slide, "--workers", args.workers, "--repeats", n], args.workdir,
-                        label=f"ingest-decode-{size}")
+        dec = run_child(
+            "decode",
+            ["--source", slide, "--workers", args.workers, "--repeats", n],
+            args.workdir,
+            label=f"ingest-decode-{size}",
+        )
         runs = (mem or {}).get("raw", {}).get(str(size))
         if runs:
             t_ing = [r["info"]["ingest"] for r in runs]
             peak = median(r["ingest_peak"] for r in runs)
             notes.append(f"{size}²: ingest figures from bench_memory's {len(runs)} cold run(s).")
         else:
-            c = run_child("ingest", ["--source", slide, "--workers", args.workers, "--repeats", n,
-                                     "--out", args.workdir / "out" / f"ingest-{size}"], args.workdir, label=f"ingest-{size}")
+            c = run_child(
+                "ingest",
+                [
+                    "--source",
+                    slide,
+                    "--workers",
+                    args.workers,
+                    "--repeats",
+                    n,
+                    "--out",
+                    args.workdir / "out" / f"ingest-{size}",
+                ],
+                args.workdir,
+                label=f"ingest-{size}",
+            )
             t_ing = [r["seconds"] for r in c.result["runs"]]
             peak = c.peak_rss
         mp = size * size / 1e6
@@ -58,19 +102,36 @@ def run(args: argparse.Namespace) -> Outcome:
         speed[size] = (mp / ti / args.workers) / (mp / td)
         peaks[size] = peak
         raw[size] = {"decode": dec.result, "ingest_s": t_ing, "peak": peak}
-        rows.append([f"{size}²", td, mp / td, ti, mp / ti, mp / ti / args.workers, speed[size], mb(peak)])
+        rows.append(
+            [f"{size}²", td, mp / td, ti, mp / ti, mp / ti / args.workers, speed[size], mb(peak)]
+        )
     save_json(args.workdir, "ingest_raw", {"raw": raw})
     mem_ratio = peaks[sizes[-1]] / peaks[sizes[0]]
     worst = min(speed.values())
-    notes.insert(0, f"Source: tiled (256²) zlib BigTIFF mosaics, one uint8 channel; ingest writes 1024² zstd chunks "
-                    f"+ pyramid with {args.workers} Dask workers. The io owner's `python benchmarks/bench_ingest.py [--big]` measures "
-                    f"the same on an RGB JPEG-tiled pyramid (standalone, not part of this suite's timing budget).")
-    notes.append(f"Ingest peak memory {sizes[-1]}² / {sizes[0]}²: {mem_ratio:.2f} (target ≤ {TARGET_MEM}).")
+    notes.insert(
+        0,
+        f"Source: tiled (256²) zlib BigTIFF mosaics, one uint8 channel; ingest writes 1024² zstd chunks "
+        f"+ pyramid with {args.workers} Dask workers. The io owner's `python benchmarks/bench_ingest.py [--big]` measures "
+        f"the same on an RGB JPEG-tiled pyramid (standalone, not part of this suite's timing budget).",
+    )
+    notes.append(
+        f"Ingest peak memory {sizes[-1]}² / {sizes[0]}²: {mem_ratio:.2f} (target ≤ {TARGET_MEM})."
+    )
     passed = worst >= TARGET_SPEED and mem_ratio <= TARGET_MEM
-    return Outcome("ingest_raw", "Ingest vs tifffile's raw decode", header, rows, worst,
-                   "ingest speed per worker / raw decode speed (worst size)",
-                   f"≥ {TARGET_SPEED}, and ingest peak {sizes[-1]}²/{sizes[0]}² ≤ {TARGET_MEM}", passed, args.command,
-                   notes, args.quick, {"mem_ratio": mem_ratio})
+    return Outcome(
+        "ingest_raw",
+        "Ingest vs tifffile's raw decode",
+        header,
+        rows,
+        worst,
+        "ingest speed per worker / raw decode speed (worst size)",
+        f"≥ {TARGET_SPEED}, and ingest peak {sizes[-1]}²/{sizes[0]}² ≤ {TARGET_MEM}",
+        passed,
+        args.command,
+        notes,
+        args.quick,
+        {"mem_ratio": mem_ratio},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

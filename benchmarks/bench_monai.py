@@ -17,41 +17,113 @@ import os
 import sys
 
 from benchmarks._data import bench_model, synthetic_slide
-from benchmarks._harness import Outcome, cli_main, load_json, mb, median, repeats, run_child, save_json
+from benchmarks._harness import (
+    Outcome,
+    cli_main,
+    load_json,
+    mb,
+    median,
+    repeats,
+    run_child,
+    save_json,
+)
 
 TARGETS = {1.0: 1.0, 0.4: 1.6}
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=None, help="Slide side (default 4096; 1024 with --quick).")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="segpipe's Dask workers (default: one per core).")
+    p.add_argument(
+        "--size", type=int, default=None, help="Slide side (default 2048; 1024 with --quick)."
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="segpipe's Dask workers (default: one per core).",
+    )
     p.add_argument("--batch", type=int, default=8, help="Tiles per network call, both sides.")
-    p.add_argument("--no-reuse", action="store_true", help="Measure segpipe at 100 %% tissue again even when bench_throughput just did (same slide, model, workers, repeats).")
+    p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="Measure segpipe at 100 %% tissue again even when bench_throughput just did (same slide, model, workers, repeats).",
+    )
 
 
-def _segpipe(args: argparse.Namespace, model: str, slide: str, warm: str, tissue: float, size: int) -> tuple[list[dict], int, str]:
+def _segpipe(
+    args: argparse.Namespace, model: str, slide: str, warm: str, tissue: float, size: int
+) -> tuple[list[dict], int, str]:
     prev = load_json(args.workdir, "throughput")
-    if (tissue == 1.0 and not args.no_reuse and prev and prev.get("size") == size and prev.get("model") == model
-            and prev.get("repeats") == repeats(args) and "net" in prev.get("raw", {})):
+    if (
+        tissue == 1.0
+        and not args.no_reuse
+        and prev
+        and prev.get("size") == size
+        and prev.get("model") == model
+        and prev.get("repeats") == repeats(args)
+        and "net" in prev.get("raw", {})
+    ):
         net = prev["raw"]["net"]
-        return net["pipeline_runs"], net["pipeline_peak"], "reused from bench_throughput (same slide, model, settings)"
-    pl = run_child("pipeline", ["--source", slide, "--warmup", warm, "--model", model, "--workers", args.workers,
-                                "--repeats", repeats(args), "--out", args.workdir / "out" / f"monai-segpipe-{tissue}"],
-                   args.workdir, label=f"monai-segpipe-t{round(tissue * 100)}")
+        return (
+            net["pipeline_runs"],
+            net["pipeline_peak"],
+            "reused from bench_throughput (same slide, model, settings)",
+        )
+    pl = run_child(
+        "pipeline",
+        [
+            "--source",
+            slide,
+            "--warmup",
+            warm,
+            "--model",
+            model,
+            "--workers",
+            args.workers,
+            "--repeats",
+            repeats(args),
+            "--out",
+            args.workdir / "out" / f"monai-segpipe-{tissue}",
+        ],
+        args.workdir,
+        label=f"monai-segpipe-t{round(tissue * 100)}",
+    )
     return pl.result["runs"], pl.peak_rss, ""
 
 
 def run(args: argparse.Namespace) -> Outcome:
-    size = args.size or (1024 if args.quick else 4096)
+    size = args.size or (1024 if args.quick else 2048)
     model = bench_model(args.workdir, args.model)
     warm = str(synthetic_slide(args.workdir, 1024, 1.0))
     threads = os.cpu_count() or 1
-    header = ["tissue", "tool", "median s", "MP/s", "speed-up vs MONAI", "peak RSS MiB", "blocks done"]
+    header = [
+        "tissue",
+        "tool",
+        "median s",
+        "MP/s",
+        "speed-up vs MONAI",
+        "peak RSS MiB",
+        "blocks done",
+    ]
     rows, notes, raw, ratios = [], [], {}, {}
-    for tissue, target in TARGETS.items():
+    for tissue, _target in TARGETS.items():
         slide = str(synthetic_slide(args.workdir, size, tissue))
-        mo = run_child("monai", ["--source", slide, "--model", model.spec, "--threads", threads, "--batch", args.batch,
-                                 "--repeats", repeats(args)], args.workdir, label=f"monai-t{round(tissue * 100)}")
+        mo = run_child(
+            "monai",
+            [
+                "--source",
+                slide,
+                "--model",
+                model.spec,
+                "--threads",
+                threads,
+                "--batch",
+                args.batch,
+                "--repeats",
+                repeats(args),
+            ],
+            args.workdir,
+            label=f"monai-t{round(tissue * 100)}",
+        )
         runs, peak, note = _segpipe(args, model.spec, slide, warm, tissue, size)
         t_monai = median(mo.result["runs"])
         t_seg = median(r["segment"] + r["publish"] for r in runs)
@@ -59,23 +131,66 @@ def run(args: argparse.Namespace) -> Outcome:
         mp = mo.result["pixels"] / 1e6
         blocks = f"{runs[0].get('n_blocks', runs[0].get('blocks_processed'))}/{runs[0].get('n_blocks_total', runs[0].get('blocks_total'))}"
         pct = f"{round(tissue * 100)} %"
-        rows.append([pct, "MONAI sliding_window_inference (probabilities)", t_monai, mp / t_monai, 1.0, mb(mo.peak_rss), "all"])
-        rows.append([pct, "segpipe, ingest excluded (labels + tables)", t_seg, mp / t_seg, t_monai / t_seg, mb(peak), blocks])
-        rows.append([pct, "segpipe, ingest included", t_inc, mp / t_inc, t_monai / t_inc, mb(peak), blocks])
+        rows.append(
+            [
+                pct,
+                "MONAI sliding_window_inference (probabilities)",
+                t_monai,
+                mp / t_monai,
+                1.0,
+                mb(mo.peak_rss),
+                "all",
+            ]
+        )
+        rows.append(
+            [
+                pct,
+                "segpipe, ingest excluded (labels + tables)",
+                t_seg,
+                mp / t_seg,
+                t_monai / t_seg,
+                mb(peak),
+                blocks,
+            ]
+        )
+        rows.append(
+            [pct, "segpipe, ingest included", t_inc, mp / t_inc, t_monai / t_inc, mb(peak), blocks]
+        )
         ratios[tissue] = t_monai / t_seg
-        raw[str(tissue)] = {"monai": mo.result, "monai_peak": mo.peak_rss, "segpipe_runs": runs, "segpipe_peak": peak}
+        raw[str(tissue)] = {
+            "monai": mo.result,
+            "monai_peak": mo.peak_rss,
+            "segpipe_runs": runs,
+            "segpipe_peak": peak,
+        }
         if note:
             notes.append(f"{pct} tissue, segpipe: {note}.")
     save_json(args.workdir, "monai", {"size": size, "model": model.spec, "raw": raw})
-    notes.insert(0, f"Network: {model.label}; slides {size}² synthetic fluorescence. MONAI: one process, "
-                    f"{threads} torch threads, overlap {raw['1.0']['monai']['overlap']:.4f} (scan interval = segpipe's "
-                    f"stride), mode='constant'. segpipe: {args.workers} Dask workers × 1 thread. Median of {repeats(args)} runs.")
+    notes.insert(
+        0,
+        f"Network: {model.label}; slides {size}² synthetic fluorescence. MONAI: one process, "
+        f"{threads} torch threads, overlap {raw['1.0']['monai']['overlap']:.4f} (scan interval = segpipe's "
+        f"stride), mode='constant'. segpipe: {args.workers} Dask workers × 1 thread. Median of {repeats(args)} runs.",
+    )
     passed = all(ratios[t] > TARGETS[t] if t == 1.0 else ratios[t] >= TARGETS[t] for t in TARGETS)
     headline = ratios[0.4]
-    notes.append(f"Speed-up at 100 % tissue: {ratios[1.0]:.2f} (target > 1); at 40 %: {ratios[0.4]:.2f} (target ≥ 1.6).")
-    return Outcome("monai", "segpipe vs MONAI sliding-window inference", header, rows, headline,
-                   "speed-up vs MONAI at 40 % tissue", "> 1 at 100 % and ≥ 1.6 at 40 %", passed, args.command,
-                   notes, args.quick, {"ratios": ratios})
+    notes.append(
+        f"Speed-up at 100 % tissue: {ratios[1.0]:.2f} (target > 1); at 40 %: {ratios[0.4]:.2f} (target ≥ 1.6)."
+    )
+    return Outcome(
+        "monai",
+        "segpipe vs MONAI sliding-window inference",
+        header,
+        rows,
+        headline,
+        "speed-up vs MONAI at 40 % tissue",
+        "> 1 at 100 % and ≥ 1.6 at 40 %",
+        passed,
+        args.command,
+        notes,
+        args.quick,
+        {"ratios": ratios},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

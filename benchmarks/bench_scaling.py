@@ -11,15 +11,35 @@ import argparse
 import sys
 
 from benchmarks._data import bench_model, synthetic_slide
-from benchmarks._harness import Outcome, cli_main, load_json, mb, median, repeats, run_child, save_json
+from benchmarks._harness import (
+    Outcome,
+    cli_main,
+    load_json,
+    mb,
+    median,
+    repeats,
+    run_child,
+    save_json,
+)
 
 TARGET = 1.6
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=None, help="Slide side (default 2048; 1024 with --quick).")
-    p.add_argument("--max-workers", type=int, default=2, help="Largest worker count (default 2 = the cores here).")
-    p.add_argument("--no-reuse", action="store_true", help="Measure the 2-worker case even when bench_throughput just did.")
+    p.add_argument(
+        "--size", type=int, default=None, help="Slide side (default 2048; 1024 with --quick)."
+    )
+    p.add_argument(
+        "--max-workers",
+        type=int,
+        default=2,
+        help="Largest worker count (default 2 = the cores here).",
+    )
+    p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="Measure the 2-worker case even when bench_throughput just did.",
+    )
 
 
 def run(args: argparse.Namespace) -> Outcome:
@@ -27,18 +47,48 @@ def run(args: argparse.Namespace) -> Outcome:
     model = bench_model(args.workdir, args.model)
     slide = str(synthetic_slide(args.workdir, size, 1.0))
     warm = str(synthetic_slide(args.workdir, 1024, 1.0))
-    header = ["workers", "ingest excluded, median s", "speed-up", "ingest included, median s", "speed-up", "peak RSS MiB"]
+    header = [
+        "workers",
+        "ingest excluded, median s",
+        "speed-up",
+        "ingest included, median s",
+        "speed-up",
+        "peak RSS MiB",
+    ]
     rows, raw, notes = [], {}, []
     prev = load_json(args.workdir, "throughput")
     for w in range(1, args.max_workers + 1):
-        if (w == 2 and not args.no_reuse and prev and prev.get("size") == size and prev.get("model") == model.spec
-                and prev.get("repeats") == repeats(args) and "net" in prev.get("raw", {})):
+        if (
+            w == 2
+            and not args.no_reuse
+            and prev
+            and prev.get("size") == size
+            and prev.get("model") == model.spec
+            and prev.get("repeats") == repeats(args)
+            and "net" in prev.get("raw", {})
+        ):
             runs, peak = prev["raw"]["net"]["pipeline_runs"], prev["raw"]["net"]["pipeline_peak"]
             notes.append("2 workers: reused from bench_throughput (same slide, model, settings).")
         else:
-            c = run_child("pipeline", ["--source", slide, "--warmup", warm, "--model", model.spec, "--workers", w,
-                                       "--repeats", repeats(args), "--out", args.workdir / "out" / f"scaling-{w}"],
-                          args.workdir, label=f"scaling-{w}")
+            c = run_child(
+                "pipeline",
+                [
+                    "--source",
+                    slide,
+                    "--warmup",
+                    warm,
+                    "--model",
+                    model.spec,
+                    "--workers",
+                    w,
+                    "--repeats",
+                    repeats(args),
+                    "--out",
+                    args.workdir / "out" / f"scaling-{w}",
+                ],
+                args.workdir,
+                label=f"scaling-{w}",
+            )
             runs, peak = c.result["runs"], c.peak_rss
         raw[w] = {"runs": runs, "peak": peak}
     base_ex = median(r["segment"] + r["publish"] for r in raw[1]["runs"])
@@ -50,11 +100,24 @@ def run(args: argparse.Namespace) -> Outcome:
     save_json(args.workdir, "scaling", {"size": size, "model": model.spec, "raw": raw})
     top = max(raw)
     ratio = base_ex / median(r["segment"] + r["publish"] for r in raw[top]["runs"])
-    notes.insert(0, f"Network: {model.label}; {size}² fully-tissue slide ({(size // 1024) ** 2} blocks of 1024²); "
-                    f"median of {repeats(args)} runs after a warm-up image.")
-    return Outcome("scaling", "Scaling: 1 vs 2 Dask workers", header, rows, ratio,
-                   f"speed-up {top} workers / 1 (ingest excluded)", f"≥ {TARGET}", ratio >= TARGET, args.command,
-                   notes, args.quick)
+    notes.insert(
+        0,
+        f"Network: {model.label}; {size}² fully-tissue slide ({(size // 1024) ** 2} blocks of 1024²); "
+        f"median of {repeats(args)} runs after a warm-up image.",
+    )
+    return Outcome(
+        "scaling",
+        "Scaling: 1 vs 2 Dask workers",
+        header,
+        rows,
+        ratio,
+        f"speed-up {top} workers / 1 (ingest excluded)",
+        f"≥ {TARGET}",
+        ratio >= TARGET,
+        args.command,
+        notes,
+        args.quick,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,15 +22,21 @@ ORDER = ["memory", "ingest_raw", "throughput", "monai", "scaling", "incremental"
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run_all",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_common_args(p)
     p.add_argument("--only", default="", help=f"Comma-separated subset of {','.join(ORDER)}.")
     p.add_argument("--skip", default="", help="Comma-separated benchmarks to leave out.")
     args = p.parse_args(argv)
-    names = [n for n in ORDER if (not args.only or n in args.only.split(",")) and n not in args.skip.split(",")]
-    passthrough = [a for a in argv if not a.startswith(("--only", "--skip"))]
-    # drop the values of --only/--skip given as separate words
+    names = [
+        n
+        for n in ORDER
+        if (not args.only or n in args.only.split(",")) and n not in args.skip.split(",")
+    ]
+    # pass every option on except --only / --skip (and their values)
     cleaned, skip_next = [], False
     for a in argv:
         if skip_next:

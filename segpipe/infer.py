@@ -135,6 +135,10 @@ class _Job:
     semantic: bool
     storage_options: dict[str, Any] | None
     connectivity: int = CONNECTIVITY
+    predict_grid: str = "global"  # see segpipe.predict.predict_window
+
+
+_POOL_ALIGN = 16  # down-sampling factor of the built-in U-Nets (and a divisor of chunk sizes)
 
 
 def default_halo(card_halo: int, scale: float = 1.0) -> int:
@@ -202,7 +206,9 @@ def _pass1(
             if i + 2 < len(blocks):
                 reads.append(pool.submit(_read_window, job, blocks[i + 2]))
             wy0, wx0, _, _ = job.grid.window(block)
-            seg = segment_window(model, raw, job.stats, (wy0, wx0), job.modality, job.scale)
+            seg = segment_window(
+                model, raw, job.stats, (wy0, wx0), job.modality, job.scale, grid=job.predict_grid
+            )
             finishing.append(pool.submit(_finish, job, block, raw, seg))
             reads[i] = None  # type: ignore[call-overload]  # free the window
             while finishing and (finishing[0].done() or len(finishing) > 2):  # bounded memory
@@ -322,7 +328,18 @@ def segment_image(
     scale = 1.0
     if meta.mpp and card.mpp and abs(meta.mpp / card.mpp - 1.0) > 0.1:
         scale = float(meta.mpp / card.mpp)
-    halo = default_halo(card.halo, scale) if halo is None else int(halo)
+    # Learned networks predict each window in one pass (predict_window(grid="window")):
+    # the global tile grid would cost up to 4x the work for the halo strips. Their pooling
+    # grid then follows the window origin, so the halo is aligned to 16 px (chunk origins
+    # are multiples of 16) to keep windows and the whole image on the same pooling grid.
+    # The classical model keeps the global grid: bit-identical to the whole image.
+    learned = card.architecture.get("type") != "classical"
+    predict_grid = "window" if learned else "global"
+    if halo is None:
+        halo = default_halo(card.halo, scale)
+        if learned and scale == 1.0:
+            halo = -(-halo // _POOL_ALIGN) * _POOL_ALIGN
+    halo = int(halo)
     if halo < 2:
         raise ConfigError(f"halo={halo}: stitching and perimeters need at least 2 px of context")
     image_url = join_url(zarr_url, "0")
@@ -352,7 +369,7 @@ def segment_image(
         image_url=image_url, tmp_url=tmp_url, labels_url=join_url(labels_url, "0"),
         classes_url=None if classes_url is None else join_url(classes_url, "0"), grid=grid,
         stats=stats, modality=meta.modality, scale=scale, semantic=semantic,
-        storage_options=storage_options,
+        storage_options=storage_options, predict_grid=predict_grid,
     )  # fmt: skip
     timings["prepare"] = time.perf_counter() - t_start
 

@@ -16,7 +16,10 @@ thumbnail pixel only partly covered by tissue still counts as foreground.
 
 Industrial parts and fully covered slides usually fill the frame; Otsu then splits one
 class in two. When the split is weak — Otsu's effectiveness (between-class variance over
-total variance) below ``min_separation`` — everything is foreground.
+total variance) below ``min_separation`` and, for brightfield / fluorescence, the class
+means fewer than ``MIN_TIGHT_RATIO`` standard deviations of the tighter class (the glass)
+apart — everything is foreground. Grey images use the effectiveness alone, so a stain on a
+part that fills the frame never cuts the part.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from segpipe.errors import ConfigError
 
 __all__ = [
     "MIN_SEPARATION",
+    "WORK_SIZE",
     "tissue_mask",
     "otsu_separation",
     "select_blocks",
@@ -40,6 +44,11 @@ __all__ = [
 #: Otsu effectiveness below which a split is "weak" (one unimodal class): a Gaussian
 #: histogram gives 2/π ≈ 0.64, a uniform one 0.75; a clear two-class image gives > 0.85.
 MIN_SEPARATION = 0.78
+#: Brightfield / fluorescence: a split is also strong when the class means are this many
+#: standard deviations of the tighter class apart (a unimodal histogram gives ~3).
+MIN_TIGHT_RATIO = 5.0
+#: Long side (px) at which masks are computed; larger thumbnails are block-averaged first.
+WORK_SIZE = 512
 _MODALITIES = {
     "brightfield": "brightfield",
     "he": "brightfield",
@@ -72,6 +81,19 @@ def otsu_separation(values: np.ndarray) -> tuple[float, float]:
     w0, w1 = low.size / v.size, high.size / v.size
     between = w0 * w1 * (float(low.mean()) - float(high.mean())) ** 2
     return t, float(between / total)
+
+
+def _tight_ratio(values: np.ndarray, threshold: float) -> float:
+    """Gap between the two class means over the spread of the tighter class.
+
+    Glass is a tight class next to a broad tissue class: Otsu's effectiveness can stay
+    modest (the tissue class is wide) while the gap is many glass standard deviations.
+    """
+    low, high = values[values <= threshold], values[values > threshold]
+    if low.size < 2 or high.size < 2:
+        return 0.0
+    spread = min(float(low.std()), float(high.std()))
+    return float(high.mean() - low.mean()) / max(spread, 1e-9)
 
 
 def _remove_small_objects(mask: np.ndarray, size: int) -> np.ndarray:
@@ -152,9 +174,33 @@ def tissue_mask(
     mode = _MODALITIES.get(modality)
     if mode is None:
         raise ConfigError(f"modality={modality!r}: use brightfield, fluorescence or grey")
+    # Work at a fixed resolution (long side <= WORK_SIZE, block means): the result does not
+    # depend on which pyramid level the caller passes, and dense nuclei blend into tissue.
+    y, x = thumb.shape[1:]
+    f = max(1, -(-max(y, x) // WORK_SIZE))
+    if f > 1:
+        pad = ((0, 0), (0, -y % f), (0, -x % f))
+        small = np.pad(np.asarray(thumb, np.float32), pad, mode="edge")
+        small = small.reshape(small.shape[0], small.shape[1] // f, f, small.shape[2] // f, f)
+        mask = _mask(
+            small.mean(axis=(2, 4)), mode, min_separation, min_object_fraction, max_hole_fraction
+        )
+        return mask.repeat(f, axis=0).repeat(f, axis=1)[:y, :x]
+    return _mask(thumb, mode, min_separation, min_object_fraction, max_hole_fraction)
+
+
+def _mask(
+    thumb: np.ndarray,
+    mode: str,
+    min_separation: float,
+    min_object_fraction: float,
+    max_hole_fraction: float,
+) -> np.ndarray:
     score = _score(thumb, mode)
     threshold, separation = otsu_separation(score)
-    if separation < min_separation:
+    if separation < min_separation and (
+        mode == "grey" or _tight_ratio(score, threshold) < MIN_TIGHT_RATIO
+    ):
         return np.ones(score.shape, bool)
     # Lean towards foreground: halfway between the background class mean and the Otsu
     # threshold, so thumbnail pixels only partly covered by tissue are kept.

@@ -23,8 +23,8 @@ COMMANDS = ["run", "demo", "ingest", "synth", "query", "serve", "train", "evalua
 runner = CliRunner()
 
 
-def segpipe(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([SEGPIPE, *args], capture_output=True, text=True, timeout=120, **kw)
+def segpipe(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([SEGPIPE, *args], capture_output=True, text=True, timeout=timeout, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +151,31 @@ def test_progress_reporters():
         bars.chunks("a", 5, 10)
         bars.image_finished(ImageOutcome("a", "/x/a.tif", "failed", "a.tif: truncated", 0, 0.1))
     assert "images" in buf.getvalue() and "a: failed: a.tif: truncated" in buf.getvalue()
+
+
+def test_ingest_command(tmp_path, dask_client):
+    (tmp_path / "arc").mkdir()
+    tifffile.imwrite(tmp_path / "arc" / "x.tif", np.zeros((200, 300), np.uint8))
+    res = segpipe("ingest", str(tmp_path / "arc"), "--out", str(tmp_path / "res"),
+                  "--cluster", dask_client.scheduler.address)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("x: ") and (tmp_path / "res" / "images" / "x.ome.zarr" / "zarr.json").exists()
+
+
+def test_serve_needs_a_prefect_server(tmp_path):
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_PROFILES_PATH"] = str(tmp_path / "profiles.toml")  # no profile with an API URL
+    res = segpipe("serve", str(tmp_path), "--out", str(tmp_path / "r"), env=env)
+    assert res.returncode == 1 and "needs a Prefect server" in res.stderr
+
+
+def test_train_bad_recipe_is_one_line(tmp_path):
+    res = segpipe("train", "--recipe", "bogus", "--out", str(tmp_path / "m.safetensors"))
+    assert res.returncode == 1 and "bogus" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    res = segpipe("demo", "--dir", str(tmp_path / "demo"), "--size", "1024", timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "3 done" in res.stdout and "segpipe query" in res.stdout and "report:" in res.stdout

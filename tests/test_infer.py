@@ -329,6 +329,9 @@ def test_learned_nuclei_model_when_its_weights_exist(slide) -> None:
     whole = segment_window("nuclei", image, result.stats, (0, 0), read_meta(url).modality,
                            result.scale).labels  # fmt: skip
     tiled = read_labels(url, "nuclei-test")
-    # objects smaller than the halo (all nuclei here) are reproduced exactly
-    np.testing.assert_array_equal(tiled > 0, whole > 0)
-    assert result.n_regions == len(np.unique(whole)) - 1
+    # U-Net windows equal the whole image to float tolerance (segpipe.predict), so a
+    # probability exactly at a threshold may flip a pixel; objects must otherwise agree
+    disagree = np.count_nonzero((tiled > 0) != (whole > 0))
+    assert disagree <= 1e-4 * tiled.size
+    n_whole = len(np.unique(whole)) - 1
+    assert abs(result.n_regions - n_whole) <= max(1, n_whole // 100)

@@ -240,3 +240,24 @@ def test_any_window_matches_the_whole_image_at_halo_from_its_edges(
 
 WHOLE_INPUT = prepared(blobs((300, 300), n=20, seed=7), CLASSICAL)
 WHOLE_PROBS = predict_window(CLASSICAL, WHOLE_INPUT, (0, 0))
+
+
+@pytest.mark.parametrize("origin", [(64, 128), (16, 48)])
+def test_window_grid_matches_the_whole_image_away_from_its_edges(origin: tuple[int, int]) -> None:
+    """One forward pass per window (the pipeline's grid for learned models) agrees with the
+    global grid at least ``card.halo`` from the window's edges when the origin is aligned to
+    the network's down-sampling factor."""
+    model = tiny_model("instance", seed=3)
+    halo = model.card.halo
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 320, 384), dtype=np.float32)
+    whole = predict_window(model, image, (0, 0))
+    y0, x0 = origin
+    window = image[:, y0 : y0 + 160, x0 : x0 + 224]
+    part = predict_window(model, window, (y0, x0), grid="window")
+    assert part.shape == (model.card.n_outputs, 160, 224)
+    inner = (slice(None), slice(halo, -halo), slice(halo, -halo))
+    expect = whole[:, y0 : y0 + 160, x0 : x0 + 224]
+    np.testing.assert_allclose(part[inner], expect[inner], atol=1e-4)
+    with pytest.raises(ConfigError, match="grid"):
+        predict_window(model, window, (y0, x0), grid="tiles")

@@ -54,18 +54,23 @@ def test_large_slide_skips_most_blocks_and_misses_none(kind: str, modality: str,
     assert block_fraction_skipped(mask, slide.shape, BLOCK) >= 0.5
 
 
-@pytest.fixture(scope="module")
-def written_slide(tmp_path_factory: pytest.TempPathFactory):
-    path = tmp_path_factory.mktemp("tissue") / "he.svs"
-    return write_slide(path, shape=(2048, 2560), kind="he", seed=11, tissue_fraction=0.35)
+@pytest.fixture(scope="module", params=["he", "fluorescence"])
+def written_slide(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("tissue") / f"{request.param}.svs"
+    return write_slide(path, shape=(2048, 2560), kind=request.param, seed=11, tissue_fraction=0.35)
 
 
-def test_written_slide_no_nucleus_chunk_missed(written_slide) -> None:
+@pytest.mark.parametrize("level", [0, -1])
+def test_written_slide_no_nucleus_chunk_missed(written_slide, level: int) -> None:
+    # the mask must not depend much on the pyramid level it is computed from
     with tifffile.TiffFile(written_slide.path) as tif:
-        thumb = np.moveaxis(tif.series[0].levels[-1].asarray(), -1, 0)
+        thumb = tif.series[0].levels[level].asarray()
+    thumb = np.moveaxis(thumb, -1, 0) if thumb.ndim == 3 else thumb[None]
     labels = tifffile.imread(written_slide.labels_path)
     block = 256
-    mask = tissue_mask(thumb, "brightfield")
+    modality = "brightfield" if written_slide.kind == "he" else "fluorescence"
+    mask = tissue_mask(thumb, modality)
+    assert mask.shape == thumb.shape[1:]
     blocks = set(select_blocks(mask, labels.shape, block))
     with_nuclei = {
         (by, bx)

@@ -1,7 +1,8 @@
 """Tissue islands of a slide: a few large lobulated blobs with rough, slightly soft edges.
 
-Each island is an ellipse whose radius is perturbed by low-order harmonics (lobes) and by
-coordinate-hashed value noise (a rough edge). The soft tissue map at a point is a ramp of
+Each island is an ellipse whose radius is perturbed by harmonics of the polar angle: low
+orders make lobes, higher orders a rough edge; an island stays star-shaped, so it never
+sheds detached specks. The soft tissue map at a point is a ramp of
 its approximate signed distance (px) to the nearest island edge, so the edge is ~``edge_px``
 wide whatever the slide size; every value is a pure function of level-0 coordinates.
 """
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segpipe.synthetic._noise import sub_seed, value_noise
+from segpipe.synthetic._noise import sub_seed
 
-_HARMONICS = 4
+_HARMONICS = 15  # radius harmonics k = 2 .. 16: low ones make lobes, high ones a rough edge
 
 
 @dataclass
@@ -29,32 +30,41 @@ class Islands:
     amp: np.ndarray  # (n, _HARMONICS)
     phase: np.ndarray  # (n, _HARMONICS)
     seed: int
-    rough: float = 0.06
     edge_px: float = 8.0
     scale: float = 1.0
 
     def distance(self, y0: int, x0: int, y1: int, x1: int, step: float = 1.0) -> np.ndarray:
-        """Approximate signed distance (px, > 0 inside) to the nearest island edge."""
-        yy = ((np.arange(y0, y1, dtype=np.float64) + 0.5) * step)[:, None]
-        xx = ((np.arange(x0, x1, dtype=np.float64) + 0.5) * step)[None, :]
-        spacing = float(np.mean(self.b) * self.scale) / 3.0 + 1.0
-        noise = value_noise(self.seed, y0, x0, y1, x1, spacing, step)
-        noise = noise + 0.5 * value_noise(sub_seed(self.seed, 1), y0, x0, y1, x1, spacing / 3, step)
+        """Approximate signed distance (px, > 0 inside, -inf far outside) to the nearest edge."""
         best = np.full((y1 - y0, x1 - x0), -np.inf, np.float32)
         for i in range(self.cy.size):
             a, b = self.a[i] * self.scale, self.b[i] * self.scale
-            dy, dx = yy - self.cy[i], xx - self.cx[i]
-            c, s = np.cos(self.theta[i]), np.sin(self.theta[i])
-            u = (dx * c + dy * s) / a
-            v = (-dx * s + dy * c) / b
+            reach = max(a, b) * (1.0 + float(np.abs(self.amp[i]).sum())) + 4 * self.edge_px
+            # only the pixels of the region near this island
+            iy0 = max(int(np.floor((self.cy[i] - reach) / step)), y0)
+            iy1 = min(int(np.ceil((self.cy[i] + reach) / step)) + 1, y1)
+            ix0 = max(int(np.floor((self.cx[i] - reach) / step)), x0)
+            ix1 = min(int(np.ceil((self.cx[i] + reach) / step)) + 1, x1)
+            if iy0 >= iy1 or ix0 >= ix1:
+                continue
+            dy = ((np.arange(iy0, iy1) + 0.5) * step - self.cy[i]).astype(np.float32)[:, None]
+            dx = ((np.arange(ix0, ix1) + 0.5) * step - self.cx[i]).astype(np.float32)[None, :]
+            c, s = np.float32(np.cos(self.theta[i])), np.float32(np.sin(self.theta[i]))
+            u = (dx * c + dy * s) / np.float32(a)
+            v = (-dx * s + dy * c) / np.float32(b)
             rho = np.sqrt(u * u + v * v)
-            phi = np.arctan2(v, u)
-            lobes = 1.0 + sum(
-                self.amp[i, k] * np.cos((k + 2) * phi + self.phase[i, k]) for k in range(_HARMONICS)
-            )
-            radius = lobes + self.rough * noise
-            inside = (1.0 - rho / radius) * np.sqrt(a * b) * radius
-            np.maximum(best, inside.astype(np.float32), out=best)
+            c1 = np.divide(u, rho, out=np.ones_like(rho), where=rho > 0)
+            s1 = np.divide(v, rho, out=np.zeros_like(rho), where=rho > 0)
+            ck, sk = c1, s1
+            radius = np.ones_like(rho)
+            for k in range(self.amp.shape[1]):  # harmonic k + 2: lobes, then a rough edge
+                ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
+                p = self.phase[i, k]
+                radius += np.float32(self.amp[i, k]) * (
+                    ck * np.float32(np.cos(p)) - sk * np.float32(np.sin(p))
+                )
+            inside = (1.0 - rho / radius) * np.float32(np.sqrt(a * b)) * radius
+            sub = best[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+            np.maximum(sub, inside, out=sub)
         return best
 
     def tissue(self, y0: int, x0: int, y1: int, x1: int, step: float = 1.0) -> np.ndarray:
@@ -64,12 +74,12 @@ class Islands:
 
 
 def make_islands(seed: int, shape: tuple[int, int], fraction: float) -> Islands:
-    """1–4 non-overlapping islands covering about ``fraction`` of a slide of ``shape``."""
+    """1–3 non-overlapping islands covering about ``fraction`` of a slide of ``shape``."""
     Y, X = shape
     rng = np.random.default_rng(sub_seed(seed, 77))
-    n = int(rng.choice([1, 2, 2, 3, 3, 4]))
+    n = int(rng.choice([1, 2, 2, 3]))
     weights = rng.dirichlet(np.full(n, 3.0))
-    aspect = rng.uniform(0.6, 1.0, n)
+    aspect = rng.uniform(0.7, 1.0, n)
     area = fraction * Y * X * weights
     a = np.sqrt(area / (np.pi * aspect))
     b = a * aspect
@@ -89,7 +99,9 @@ def make_islands(seed: int, shape: tuple[int, int], fraction: float) -> Islands:
             if score >= 0:
                 break
         cy[i], cx[i] = best
-    amp = rng.uniform(0.0, 0.12, (n, _HARMONICS)) / np.arange(1, _HARMONICS + 1)
+    k = np.arange(2, _HARMONICS + 2)
+    amp = rng.uniform(0.0, 0.2, (n, _HARMONICS)) / k**1.3
+    amp[:, 3:] *= rng.uniform(0.3, 1.0, (n, 1))  # how rough the edge is
     islands = Islands(
         cy=cy,
         cx=cx,

@@ -242,7 +242,7 @@ class SyntheticSlide:
         """
         Y, X = self.shape
         h, w = -(-Y // step), -(-X // step)
-        sub = 4 if step >= 4 else 1  # average 4 × 4 samples per pixel, as a pyramid level does
+        sub = 2 if step >= 2 else 1  # average 2 × 2 samples per pixel, as a pyramid level does
         t = self.tissue(0, 0, h * sub, w * sub, float(step) / sub)
         t = t.reshape(h, sub, w, sub).mean(axis=(1, 3))
         st = self.style
