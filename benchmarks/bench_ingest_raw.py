@@ -8,8 +8,8 @@ per worker, to compare with the one decoding thread — and the peak memory of i
 processes) on both sizes.
 Targets: ingest per worker ≥ 0.33× the raw decode speed (decode + encode + pyramid ≈ 3
 passes over the pixels), and the 32k² ingest peak ≤ 1.2× the 8k² one (flat in size).
-The ingest figures are taken from ``bench_memory``'s runs when they are there (the ingest
-stage of the same cold runs), else measured here.
+Ingest is measured on a warm cluster (a 1024² warm-up ingest first); ``--reuse-memory``
+takes the ingest stage of ``bench_memory``'s cold runs instead.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from benchmarks._data import mosaic_slide
+from benchmarks._data import mosaic_slide, synthetic_slide
 from benchmarks._harness import (
     Outcome,
     cli_main,
@@ -42,9 +42,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     p.add_argument(
-        "--no-reuse",
+        "--reuse-memory",
         action="store_true",
-        help="Measure ingest here even when bench_memory's runs are there.",
+        help="Take the ingest figures from bench_memory's cold runs instead of measuring warm ingests here.",
     )
 
 
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> Outcome:
     sizes = [
         int(v) for v in (args.sizes or ("2048,8192" if args.quick else "8192,32768")).split(",")
     ]
-    mem = None if args.no_reuse else load_json(args.workdir, "memory")
+    mem = load_json(args.workdir, "memory") if args.reuse_memory else None
+    warm = str(synthetic_slide(args.workdir, 1024, 1.0))
     header = [
         "slide",
         "tifffile raw decode (1 thread), median s",
@@ -78,13 +79,17 @@ def run(args: argparse.Namespace) -> Outcome:
         if runs:
             t_ing = [r["info"]["ingest"] for r in runs]
             peak = median(r["ingest_peak"] for r in runs)
-            notes.append(f"{size}²: ingest figures from bench_memory's {len(runs)} cold run(s).")
+            notes.append(
+                f"{size}²: ingest figures from bench_memory's {len(runs)} cold run(s) (workers not warm)."
+            )
         else:
             c = run_child(
                 "ingest",
                 [
                     "--source",
                     slide,
+                    "--warmup",
+                    warm,
                     "--workers",
                     args.workers,
                     "--repeats",

@@ -17,7 +17,17 @@ import time
 
 from benchmarks._harness import add_common_args, machine_info, machine_markdown, update_docs
 
-ORDER = ["memory", "ingest_raw", "throughput", "monai", "scaling", "incremental", "overhead"]
+ORDER = [
+    "memory",
+    "ingest_raw",
+    "throughput",
+    "monai",
+    "scaling",
+    "incremental",
+    "overhead",
+    "profile",
+]
+MODULES = {name: f"bench_{name}" for name in ORDER} | {"profile": "profile_segment"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,19 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = []
     for name in names:
-        mod = importlib.import_module(f"benchmarks.bench_{name}")
+        mod = importlib.import_module(f"benchmarks.{MODULES[name]}")
         code = mod.main(passthrough)
         results.append((name, code))
     total = time.perf_counter() - t0
     write = args.docs if args.docs is not None else not args.quick
     lines = ["| benchmark | verdict | exit |", "|---|---|---|"]
     verdict = {0: "PASS", 1: "FAIL", 2: "NOT MEASURED"}
-    lines += [f"| `bench_{n}` | {verdict.get(c, c)} | {c} |" for n, c in results]
+    lines += [f"| `{MODULES[n]}` | {verdict.get(c, c)} | {c} |" for n, c in results]
     cmd = "python -m benchmarks.run_all" + (" " + " ".join(argv) if argv else "")
     lines += ["", f"Whole suite: `{cmd}` (= `make bench`), {total / 60:.1f} min."]
     print("\n== summary ==")
     for n, c in results:
-        print(f"  bench_{n:<12} {verdict.get(c, c)}")
+        print(f"  {MODULES[n]:<18} {verdict.get(c, c)}")
     print(f"  total {total / 60:.1f} min")
     if write:
         update_docs("summary", "\n".join(lines))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from flows import _env  # noqa: F401
@@ -24,7 +23,7 @@ def serve_archive(source: str, results: str, cron: str = "0 2 * * *", name: str 
     """
     from prefect.settings import PREFECT_API_URL
 
-    if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
+    if not PREFECT_API_URL.value():
         raise ConfigError("segpipe serve needs a Prefect server: run `prefect server start` and set "
                           "PREFECT_API_URL=http://127.0.0.1:4200/api (see deploy/README.md)")
     try:

@@ -58,13 +58,12 @@ def evaluate_flow(results: str, truth: str, label_name: str | None = None) -> di
     Returns
     -------
     dict
-        The metrics the train owner's ``evaluate_run`` reports.
+        What ``segpipe.train.evaluate_run`` reports: ``images``, ``summary``, ``unmatched``
+        and the paths of the metrics files it wrote.
     """
     from segpipe.train import evaluate_run
 
-    kwargs = {"label_name": label_name} if label_name else {}
-    metrics = evaluate_run(results, truth, **kwargs)
-    metrics = metrics if isinstance(metrics, dict) else getattr(metrics, "__dict__", {"result": metrics})
-    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    metrics = evaluate_run(results, truth, model=label_name)
+    flat = {k: v for k, v in (metrics.get("summary") or {}).items() if isinstance(v, (int, float, str))}
     create_markdown_artifact(f"## evaluation of {results}\n\n{_table(flat)}\n", key="segpipe-evaluate")
     return metrics

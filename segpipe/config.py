@@ -49,6 +49,7 @@ __all__ = [
     "config_hash",
     "results_settings",
     "ENV_PREFIX",
+    "debug_enabled",
 ]
 
 ENV_PREFIX = "SEGPIPE_"
@@ -332,3 +333,8 @@ def config_hash(config: SegpipeConfig) -> str:
     """
     blob = json.dumps(results_settings(config), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def debug_enabled() -> bool:
+    """Whether ``SEGPIPE_DEBUG`` asks for full tracebacks instead of one-line errors."""
+    return os.environ.get("SEGPIPE_DEBUG", "").strip().lower() not in ("", "0", "false", "no")

@@ -179,3 +179,9 @@ def test_demo_end_to_end(tmp_path):
     res = segpipe("demo", "--dir", str(tmp_path / "demo"), "--size", "1024", timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "3 done" in res.stdout and "segpipe query" in res.stdout and "report:" in res.stdout
+
+
+def test_missing_source_fails_fast(tmp_path):
+    res = segpipe("run", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))
+    assert res.returncode == 1 and "does not exist" in res.stderr
+    assert not (tmp_path / "r").exists()

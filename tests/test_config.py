@@ -109,3 +109,18 @@ def test_settings_are_frozen():
     cfg = load_config()
     with pytest.raises(ValidationError):
         cfg.infer.batch = 3  # type: ignore[misc]
+
+
+def test_example_config_loads_and_lists_every_key():
+    import re
+    from pathlib import Path
+
+    from segpipe.config import SegpipeConfig
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / "segpipe.example.toml"
+    assert config_hash(load_config(path)) == config_hash(load_config())
+    text = path.read_text()
+    for section, field in SegpipeConfig.model_fields.items():
+        assert f"[{section}]" in text
+        for key in field.annotation.model_fields:
+            assert re.search(rf"^#? ?{key} =", text, re.M), f"{section}.{key}"

@@ -104,6 +104,14 @@ def test_fluorescence_bright_nuclei_and_some_dim_ones() -> None:
     assert np.mean(means < 0.5 * np.median(means)) > 0.05  # dim nuclei exist
 
 
+@pytest.mark.parametrize("modality", ["fluorescence", "he"])
+def test_nuclei_sample_edge_cases(modality: str) -> None:
+    image, labels = nuclei_sample((40, 24), rng=0, modality=modality, density=0.0)
+    assert image.shape[1:] == (40, 24) and labels.max() == 0
+    image, labels = nuclei_sample((16, 16), rng=1, modality=modality, diameter_px=(30, 60))
+    assert labels.shape == (16, 16)
+
+
 def test_nuclei_sample_rejects_bad_arguments() -> None:
     with pytest.raises(ConfigError, match="modality"):
         nuclei_sample(modality="ihc")
@@ -213,10 +221,10 @@ def test_fluorescence_slide_dark_background(tmp_path: Path) -> None:
     info = write_slide(tmp_path / "f.svs", shape=(600, 700), kind="fluorescence", seed=2)
     with tifffile.TiffFile(info.path) as tif:
         image = tif.series[0].levels[0].asarray()
-    assert image.shape == (600, 700) and image.dtype == np.uint8
+    assert image.shape == (600, 700) and image.dtype == np.uint16  # as fluorescence scanners
     labels = tifffile.imread(info.labels_path)
     glass = ~ndi.binary_dilation(labels > 0, iterations=30)
-    assert np.median(image[glass]) < 40 < image[labels > 0].mean()
+    assert np.median(image[glass]) < 40 * 257 < image[labels > 0].mean()
 
 
 def _peak_traced_bytes(path: Path, shape: tuple[int, int]) -> int:
@@ -276,3 +284,41 @@ def test_make_archive_layout(tmp_path: Path) -> None:
     he = tifffile.imread(info.items[0].truth)
     fluo = tifffile.imread(info.items[1].truth)
     assert not np.array_equal(he, fluo)
+
+
+def _anon_rss() -> int:
+    """Anonymous resident memory of this process (bytes); memory maps do not count."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_write_large_slide_in_bounded_memory(tmp_path: Path) -> None:
+    """A 16k x 16k slide (SEGPIPE_BIG_SLIDE=32768 for the full check) in bounded memory."""
+    import os
+    import threading
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc to read the anonymous resident memory")
+    side = int(os.environ.get("SEGPIPE_BIG_SLIDE", "16384"))
+    base, peak, done = _anon_rss(), [0], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], _anon_rss())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        info = write_slide(tmp_path / "big.svs", shape=(side, side), kind="he", seed=4)
+    finally:
+        done.set()
+        watcher.join()
+    with tifffile.TiffFile(info.path) as tif:
+        assert [lvl.shape[:2] for lvl in tif.series[0].levels] == info.levels
+        assert info.levels[-1][0] <= 1024
+    level0 = side * side * 3
+    assert peak[0] - base < max(level0 / 8, 64e6), f"grew by {(peak[0] - base) / 1e6:.0f} MB"

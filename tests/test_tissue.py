@@ -118,6 +118,15 @@ def test_tissue_fully_covered_slide_keeps_everything() -> None:
     assert tissue_mask(slide.thumbnail(16), "brightfield").all()
 
 
+def test_fully_covered_written_fluorescence_slide_keeps_everything(tmp_path: Path) -> None:
+    info = write_slide(
+        tmp_path / "full.svs", shape=(1024, 1280), kind="fluorescence", tissue_fraction=1.0
+    )
+    with tifffile.TiffFile(info.path) as tif:
+        thumb = tif.series[0].levels[-1].asarray()[None]
+    assert tissue_mask(thumb, "fluorescence").all()
+
+
 def test_small_holes_filled_and_specks_removed() -> None:
     thumb = np.full((3, 200, 200), 235, np.uint8)
     thumb[:, 40:160, 40:160] = np.array([210, 120, 190], np.uint8)[:, None, None]

@@ -129,9 +129,17 @@ def test_saved_model_round_trips_through_load_model(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).softmax(1).numpy()
     np.testing.assert_allclose(model.predict(x), expected, atol=1e-5)
-    training = (tmp_path / "rt.training.json")
+    training = tmp_path / "rt.training.json"
     card_text = result.card.read_text()
     assert training.exists() or '"training"' in card_text
+    assert "postprocess_tuning" in (training.read_text() if training.exists() else card_text)
+    # re-tuning rewrites only the card's post-processing; the weights still verify
+    from segpipe.train._tune import retune_saved
+
+    info = retune_saved(_cfg(tmp_path, "rt", steps=5))
+    assert set(info["postprocess"]) >= {"seed_threshold", "mask_threshold", "min_seed_size"}
+    assert info["val_ap50_tuned"] >= info["val_ap50_before"]
+    assert load_model(result.weights, device="cpu").card.sha256 == model.card.sha256
 
 
 def test_semantic_training_on_class_maps(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def _counts(kind: str, n: int) -> tuple[int, int, int]:
 
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Built-in model (see `segpipe models`) or a weights file with its .json card. Default: nuclei.")]
 ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="Dask scheduler address, e.g. tcp://host:8786 (or SEGPIPE_DASK_ADDRESS). Default: a local cluster.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (.toml or .yaml); see docs for the keys.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (.toml or .yaml) with sections ingest, tissue, infer, run; every key is in deploy/segpipe.example.toml.")]
 IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only images whose relative path matches this glob (repeatable).")]
 ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Leave out images matching this glob (repeatable).")]
 
@@ -100,6 +100,10 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
     from segpipe.config import load_config
 
     load_config(config, overrides)  # every settings problem is reported before any work
+    from segpipe.io import exists
+
+    if not exists(source):
+        raise ConfigError(f"archive source {source!r} does not exist; check the path or URL")
     _check_free(results)
     _prefect_quiet(verbose)
     from flows import archive_run, set_reporter
@@ -180,7 +184,7 @@ def demo(
     archive, results = folder / "archive", folder / "results"
     if not archive.exists() or not any(archive.iterdir()):
         out.print(f"making a synthetic archive of {n} images in {archive} …", markup=False)
-        _make_archive(folder, "mixed", n, size, 0)
+        _make_archive(folder, "nuclei", n, size, 0)
     chosen = model
     if chosen is None:
         chosen = "nuclei"
@@ -189,6 +193,8 @@ def demo(
             out.print("note: the nuclei model's weights are not installed yet; the demo uses the "
                       "'classical' model instead", style="yellow")
     summary = _run_archive(str(archive), str(results), chosen, None, {"run.concurrency": 2}, verbose)
+    if (folder / "truth").exists():
+        out.print(f"ground truth for `segpipe evaluate {results} --truth {folder / 'truth'}`", markup=False)
     _print_summary(summary)
     out.print("try:", style="bold")
     out.print(f'  segpipe query {results} "select image_id, class, count(*) as n, avg(area_px) as mean_area '
@@ -323,11 +329,13 @@ def train(
 @app.command()
 def evaluate(
     results: Annotated[str, typer.Argument(help="Results folder of a run.")],
-    truth: Annotated[str, typer.Option("--truth", help="Folder of ground-truth masks (<relpath>.labels.tif).")],
+    truth: Annotated[str, typer.Option("--truth", help="Folder of ground-truth masks: <relpath of the image>.labels.tif.")],
 ) -> None:
     """Compare a run's labels with ground-truth masks (delegates to segpipe.train).
 
-    Example: segpipe evaluate results --truth archive-truth/
+    Writes RESULTS/evaluation/metrics.{parquet,csv,png} for local results.
+
+    Example: segpipe evaluate segpipe-demo/results --truth segpipe-demo/truth
     """
     try:
         from segpipe.train import evaluate_run
@@ -337,14 +345,21 @@ def evaluate(
         metrics = evaluate_run(results, truth)
     except NotImplementedError:
         raise ConfigError("segpipe evaluate is not implemented yet in segpipe.train.evaluate_run") from None
-    if hasattr(metrics, "to_pylist") or hasattr(metrics, "column_names"):
-        from segpipe.tables import render_table
+    import pyarrow as pa
 
-        out.print(render_table(metrics))
-        return
-    items = metrics.items() if isinstance(metrics, dict) else vars(metrics).items()
-    for k, v in items:
-        out.print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}", markup=False)
+    from segpipe.tables import render_table
+
+    shown = ("image_id", "task", "ap_0.5", "f1", "precision", "recall", "mean_iou")
+    rows = [{k: row.get(k) for k in shown} for row in metrics.get("images", [])]
+    if rows:
+        out.print(render_table(pa.Table.from_pylist(rows), title="per image"))
+    for key, value in (metrics.get("summary") or {}).items():
+        out.print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}", markup=False)
+    for path in metrics.get("unmatched") or []:
+        out.print(f"no image for truth file {path}", style="yellow", markup=False)
+    for key in ("table", "csv", "plot"):
+        if metrics.get(key):
+            out.print(f"{key}: {metrics[key]}", markup=False)
 
 
 def _region(text: str | None) -> tuple[int, int, int, int] | None:
@@ -405,7 +420,9 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"error: {' '.join(str(exc).split())}", style="red", markup=False)
         sys.exit(1)
     except Exception as exc:  # a bug or the environment (e.g. Prefect could not start)
-        if os.environ.get("SEGPIPE_DEBUG"):
+        from segpipe.config import debug_enabled
+
+        if debug_enabled():
             raise
         text = " ".join(str(exc).split())[:400]
         err.print(f"error: {type(exc).__name__}: {text} (set SEGPIPE_DEBUG=1 for the traceback)",

@@ -57,6 +57,12 @@ class ModelRef:
     name: str
     sha256: str | None = None
     fallback_note: str | None = None
+    source: str | None = None  # what load_model gets (a weights path); None = name
+
+    @property
+    def load_name(self) -> str:
+        """The argument for ``load_model``: the weights path for a custom model, else the name."""
+        return self.source or self.name
 
 
 @dataclass
@@ -126,11 +132,11 @@ def resolve_model(name: str, *, fallback: str | None = None) -> ModelRef:
     if fallback is not None and name in builtin and is_installed is not None and not is_installed(name):
         note = f"the {name!r} model's weights are not installed; using the {fallback!r} model instead"
         ref = resolve_model(fallback)
-        return ModelRef(ref.name, ref.sha256, note)
+        return ModelRef(ref.name, ref.sha256, note, ref.source)
     model = models.load_model(name)
     card = model.card
     shown = name if name in builtin else card.name
-    return ModelRef(name=shown, sha256=getattr(card, "sha256", None))
+    return ModelRef(name=shown, sha256=getattr(card, "sha256", None), source=None if name in builtin else str(name))
 
 
 def _attr(entry: Any, *names: str, default: Any = None) -> Any:
@@ -291,7 +297,7 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
                 progress(image_id, done, total)
 
         t = time.perf_counter()
-        segmented = run("segment", lambda: segment_stage(zarr_url, ref.name, config, client, storage_options,
+        segmented = run("segment", lambda: segment_stage(zarr_url, ref.load_name, config, client, storage_options,
                                                          chunk_progress))
         timings["segment"] = time.perf_counter() - t
         t = time.perf_counter()

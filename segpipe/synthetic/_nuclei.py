@@ -216,6 +216,36 @@ def conflicts(a: Nuclei, b: Nuclei, overlap: float) -> np.ndarray:
     return np.any(d2 < (overlap * (ra[:, None] + rb[None, :])) ** 2, axis=1)
 
 
+def _radial(
+    nuclei: Nuclei, i: int, y0: int, x0: int, y1: int, x1: int
+) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """Normalised radius (< 1 inside) of nucleus ``i`` over its bounding box ∩ region."""
+    r = nuclei.radius[i] + 1.0
+    by0 = max(int(np.floor(nuclei.cy[i] - r)), y0)
+    by1 = min(int(np.ceil(nuclei.cy[i] + r)) + 1, y1)
+    bx0 = max(int(np.floor(nuclei.cx[i] - r)), x0)
+    bx1 = min(int(np.ceil(nuclei.cx[i] + r)) + 1, x1)
+    if by0 >= by1 or bx0 >= bx1:
+        return None
+    dy = np.arange(by0, by1)[:, None] + 0.5 - nuclei.cy[i]
+    dx = np.arange(bx0, bx1)[None, :] + 0.5 - nuclei.cx[i]
+    c, s = np.cos(nuclei.theta[i]), np.sin(nuclei.theta[i])
+    u = (dx * c + dy * s) / nuclei.a[i]
+    v = (-dx * s + dy * c) / nuclei.b[i]
+    rho = np.sqrt(u * u + v * v)
+    # cos(k φ + p) for k = 2.. by the angle-addition recurrence (no arctan2 / cos calls)
+    c1 = np.divide(u, rho, out=np.ones_like(rho), where=rho > 0)
+    s1 = np.divide(v, rho, out=np.zeros_like(rho), where=rho > 0)
+    ck, sk = c1, s1
+    perturb = np.ones_like(rho)
+    for j in range(N_HARMONICS):
+        ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1  # now angle (j + 2) φ
+        p = nuclei.phase[i, j]
+        perturb += nuclei.amp[i, j] * (ck * np.cos(p) - sk * np.sin(p))
+    sub = (slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0))
+    return sub, rho / perturb
+
+
 def rasterize(nuclei: Nuclei, y0: int, x0: int, y1: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
     """Paint nuclei (ascending ``z``) into region ``[y0:y1, x0:x1]``.
 
@@ -229,36 +259,12 @@ def rasterize(nuclei: Nuclei, y0: int, x0: int, y1: int, x1: int) -> tuple[np.nd
     h, w = y1 - y0, x1 - x0
     index = np.full((h, w), -1, np.int32)
     rnorm = np.ones((h, w), np.float32)
-    if len(nuclei) == 0:
-        return index, rnorm
-    order = np.argsort(nuclei.z, kind="stable")
-    rad = nuclei.radius
-    for i in order:
-        r = rad[i] + 1.0
-        by0 = max(int(np.floor(nuclei.cy[i] - r)), y0)
-        by1 = min(int(np.ceil(nuclei.cy[i] + r)) + 1, y1)
-        bx0 = max(int(np.floor(nuclei.cx[i] - r)), x0)
-        bx1 = min(int(np.ceil(nuclei.cx[i] + r)) + 1, x1)
-        if by0 >= by1 or bx0 >= bx1:
+    for i in np.argsort(nuclei.z, kind="stable"):
+        found = _radial(nuclei, int(i), y0, x0, y1, x1)
+        if found is None:
             continue
-        dy = np.arange(by0, by1)[:, None] + 0.5 - nuclei.cy[i]
-        dx = np.arange(bx0, bx1)[None, :] + 0.5 - nuclei.cx[i]
-        c, s = np.cos(nuclei.theta[i]), np.sin(nuclei.theta[i])
-        u = (dx * c + dy * s) / nuclei.a[i]
-        v = (-dx * s + dy * c) / nuclei.b[i]
-        rho = np.sqrt(u * u + v * v)
-        # cos(k φ + p) for k = 2.. by the angle-addition recurrence (no arctan2 / cos calls)
-        c1 = np.divide(u, rho, out=np.ones_like(rho), where=rho > 0)
-        s1 = np.divide(v, rho, out=np.zeros_like(rho), where=rho > 0)
-        ck, sk = c1, s1
-        perturb = np.ones_like(rho)
-        for j in range(N_HARMONICS):
-            ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1  # now angle (j + 2) φ
-            p = nuclei.phase[i, j]
-            perturb += nuclei.amp[i, j] * (ck * np.cos(p) - sk * np.sin(p))
-        rn = rho / perturb
+        sub, rn = found
         inside = rn < 1.0
-        sub = (slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0))
         index[sub][inside] = i
         rnorm[sub][inside] = rn[inside]
     return index, rnorm
@@ -281,13 +287,20 @@ def drop_occluded(nuclei: Nuclei, others: Nuclei, min_visible: float = 0.35) -> 
         near = (d2 < (r_self[i] + r_other) ** 2) & (others.z > nuclei.z[i])
         if not near.any():
             continue
-        group = Nuclei.concat([nuclei.take(np.array([i])), others.take(np.flatnonzero(near))])
         r = int(np.ceil(r_self[i])) + 1
         y0, x0 = int(np.floor(nuclei.cy[i])) - r, int(np.floor(nuclei.cx[i])) - r
-        alone, _ = rasterize(group.take(np.array([0])), y0, x0, y0 + 2 * r + 1, x0 + 2 * r + 1)
-        index, _ = rasterize(group, y0, x0, y0 + 2 * r + 1, x0 + 2 * r + 1)
-        visible = index == 0
-        full = int((alone == 0).sum())
+        y1, x1 = y0 + 2 * r + 1, x0 + 2 * r + 1
+        found = _radial(nuclei, i, y0, x0, y1, x1)
+        if found is None:
+            continue
+        sub, rn = found
+        visible = np.zeros((y1 - y0, x1 - x0), bool)
+        visible[sub] = rn < 1.0
+        full = int(visible.sum())
+        for j in np.flatnonzero(near):
+            hit = _radial(others, int(j), y0, x0, y1, x1)
+            if hit is not None:
+                visible[hit[0]] &= hit[1] >= 1.0
         if visible.sum() < min_visible * max(full, 1) or ndi.label(visible)[1] > 1:
             keep[i] = False
     return nuclei.take(np.flatnonzero(keep))

@@ -10,7 +10,7 @@ cropping — which is what lets slides be written tile by tile without seams.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -114,7 +114,7 @@ class Scene:
     seed: int
     nuclei_in: Callable[[int, int, int, int], Nuclei]
     tissue: Callable[[int, int, int, int], np.ndarray]
-    extra: dict = field(default_factory=dict)
+    dtype: type = np.uint8  # uint8, or uint16 (grey levels scaled by 257)
 
 
 def lumens(
@@ -180,6 +180,13 @@ def _nuclear_profile(
     return dome * (1.0 + style.chromatin * amount * texture) + 0.2 * amount * rim
 
 
+def quantize(values: np.ndarray, dtype: type) -> np.ndarray:
+    """Round grey levels (0–255 scale) to ``uint8``, or to ``uint16`` after scaling by 257."""
+    if np.dtype(dtype) == np.uint16:
+        return np.clip(np.rint(values * np.float32(257.0)), 0, 65535).astype(np.uint16)
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
 def gather(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``values[index]`` where ``index >= 0``, else 0 (works for an empty ``values``)."""
     if values.shape[0] == 0:
@@ -197,7 +204,7 @@ def render_region(
 
     Returns
     -------
-    image : (C, h, w) uint8 ndarray
+    image : (C, h, w) ndarray of ``scene.dtype``
         C = 1 for fluorescence, 3 for H&E.
     index : (h, w) int32 ndarray
         Position in ``nuclei`` of the nucleus at each pixel, -1 for none.
@@ -267,7 +274,7 @@ def render_region(
     if normals is None:
         normals = pixel_normals(sub_seed(seed, 20), y0, x0, y1, x1, signal.shape[0])
     noisy = signal + np.sqrt(signal / np.float32(st.gain) + np.float32(st.read_noise**2)) * normals
-    image = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    image = quantize(noisy, scene.dtype)
     return image, index[hz : hz + (y1 - y0), hz : hz + (x1 - x0)], nuclei
 
 
@@ -288,4 +295,4 @@ def render_background(
     if normals is None:
         normals = pixel_normals(sub_seed(seed, 20), y0, x0, y1, x1, signal.shape[0])
     noisy = signal + np.sqrt(signal / np.float32(st.gain) + np.float32(st.read_noise**2)) * normals
-    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    return quantize(noisy, scene.dtype)

@@ -33,6 +33,7 @@ from segpipe.synthetic._render import (
     Style,
     gather,
     lumens,
+    quantize,
     random_style,
     render_background,
     render_region,
@@ -90,6 +91,8 @@ class SyntheticSlide:
         rng = np.random.default_rng(sub_seed(self.seed, 1))
         self.style = random_style(rng, self.kind)
         self._scene_seed = sub_seed(self.seed, 5)
+        # fluorescence scanners write 12–16 bit; H&E is 8-bit RGB
+        self.dtype: type = np.uint16 if self.kind == "fluorescence" else np.uint8
         self._reach = int(np.ceil(max_radius(self.diameter_px))) + 1
         self.cell = int(np.ceil(max(128, 4 * self.diameter_px[1]) / 16) * 16)
         self._islands = make_islands(sub_seed(self.seed, 2), (Y, X), self.tissue_fraction)
@@ -191,10 +194,10 @@ class SyntheticSlide:
     @property
     def scene(self) -> Scene:
         """The render description (style, noise seed, nuclei, tissue)."""
-        return Scene(self.style, self._scene_seed, self.nuclei_in, self.tissue)
+        return Scene(self.style, self._scene_seed, self.nuclei_in, self.tissue, self.dtype)
 
     def render(self, y0: int, x0: int, y1: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image ``(C, h, w)`` uint8 and labels ``(h, w)`` uint32 of a level-0 region.
+        """Image ``(C, h, w)`` (``self.dtype``) and labels ``(h, w)`` uint32 of a level-0 region.
 
         The region is assembled from blocks on a fixed global grid, each rendered on its own
         with enough halo for the blur, so the result does not depend on the region asked for:
@@ -202,7 +205,7 @@ class SyntheticSlide:
         """
         B = _BLOCK
         channels = 3 if self.kind == "he" else 1
-        image = np.empty((channels, y1 - y0, x1 - x0), np.uint8)
+        image = np.empty((channels, y1 - y0, x1 - x0), self.dtype)
         labels = np.empty((y1 - y0, x1 - x0), np.uint32)
         for by in range(y0 // B, -(-y1 // B)):
             for bx in range(x0 // B, -(-x1 // B)):
@@ -215,13 +218,26 @@ class SyntheticSlide:
                 labels[dst] = blab[src]
         return image, labels
 
+    def _surely_no_tissue(self, y0: int, x0: int, y1: int, x1: int) -> bool:
+        """True when the region certainly has no tissue (checked cheaply on a 4-px grid).
+
+        The island distance changes by at most a few px per px, so a coarse maximum well
+        below the soft edge (-edge/2) proves the full-resolution map is 0 (lumens only
+        remove tissue). A False answer just means "render in full".
+        """
+        if self.tissue_fraction >= 1.0:
+            return False
+        q = 4
+        d = self._islands.distance(y0 // q, x0 // q, -(-y1 // q) + 1, -(-x1 // q) + 1, float(q))
+        return float(d.max()) < -(self._islands.edge_px / 2 + 6 * q)
+
     def _render_block(self, by: int, bx: int) -> tuple[np.ndarray, np.ndarray]:
         B = _BLOCK
         y0, x0, y1, x1 = by * B, bx * B, (by + 1) * B, (bx + 1) * B
         # No tissue within reach of a nucleus centre (centres need tissue > 0.5 on the
         # _CELL_STEP grid) means no nucleus and no tissue in the block or its halo.
         m = self.style.halo + self._reach + 2 * _CELL_STEP
-        empty = float(self.tissue(y0 - m, x0 - m, y1 + m, x1 + m).max()) == 0.0
+        empty = self._surely_no_tissue(y0 - m, x0 - m, y1 + m, x1 + m)
         channels = 3 if self.kind == "he" else 1
         # pixel noise from a generator seeded per block: blocks are the fixed unit, so this
         # stays region-independent and is much faster than hashing every pixel
@@ -235,7 +251,7 @@ class SyntheticSlide:
         return image, labels
 
     def thumbnail(self, step: int) -> np.ndarray:
-        """A ``(C, ceil(Y/step), ceil(X/step))`` uint8 overview rendered at its own scale.
+        """A ``(C, ceil(Y/step), ceil(X/step))`` overview (``self.dtype``) at its own scale.
 
         Tissue and glass are evaluated exactly; nuclei appear as their mean coverage
         (cheap: no nucleus is rasterised), so a thumbnail of a 100k-px slide is instant.
@@ -260,7 +276,7 @@ class SyntheticSlide:
             )
             image = np.asarray(st.light)[:, None, None] * 255.0 * 10.0 ** (-od)
             image = image + rng.normal(0, 1.0, image.shape)
-        return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        return quantize(image, self.dtype)
 
 
 __all__ = ["SyntheticSlide", "HEMATOXYLIN_OD"]

@@ -134,7 +134,7 @@ def write_slide(
     shape : (Y, X)
         Level-0 size in pixels (tested up to 32k × 32k).
     kind : {"he", "fluorescence"}
-        RGB H&E brightfield on white glass, or grey fluorescence on black.
+        8-bit RGB H&E brightfield on white glass, or 16-bit grey fluorescence on black.
     seed : int
         Everything follows from it.
     tissue_fraction : float
@@ -175,7 +175,7 @@ def write_slide(
             np.lib.format.open_memmap(
                 tmp / f"{i}.npy",
                 mode="w+",
-                dtype=np.uint8,
+                dtype=slide.dtype,
                 shape=(channels, -(-y // tile) * tile, -(-x // tile) * tile),
             )
             for i, (y, x) in enumerate(shapes)
@@ -210,7 +210,7 @@ def write_slide(
             "photometric": "rgb" if rgb else "minisblack",
             "compression": compression,
             "compressionargs": {"level": 1} if compression in ("zlib", "zstd") else None,
-            "dtype": np.uint8,
+            "dtype": slide.dtype,
             "metadata": None,
         }
         with tifffile.TiffWriter(path, bigtiff=True) as tif:

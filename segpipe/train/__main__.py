@@ -38,8 +38,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--classes", default=None, help="comma-separated class names, background first")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--tune-only", action="store_true",
+                   help="only re-tune the post-processing of the model saved at --out on the validation set")
     args = p.parse_args(argv)
-    over: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None and k not in ("recipe",)}
+    over: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None and k not in ("recipe", "tune_only")}
     if args.classes:
         over["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     # `--preset nuclei` names a recipe; `--preset light` a U-Net size
@@ -53,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     try:
         cfg = parse_args(argv)
+        if "--tune-only" in (argv if argv is not None else sys.argv[1:]):
+            from segpipe.train._tune import retune_saved
+
+            print(json.dumps(retune_saved(cfg), indent=2))
+            return 0
         result = train(cfg)
     except SegpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -62,6 +62,7 @@ class TrainConfig(BaseModel):
     stop_after: int | None = Field(
         None, ge=1, description="leave after this many steps in this call (checkpointed; finish with resume)"
     )
+    tune_postprocess: bool = Field(True, description="instance: pick thresholds on validation")
     command: str | None = Field(None, description="command line recorded in the card")
     progress: bool = True
 

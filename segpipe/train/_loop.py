@@ -359,15 +359,24 @@ def train(config: TrainConfig) -> TrainResult:
     finally:
         progress.close()
     module.load_state_dict(best_state)
+    tuning: dict[str, Any] | None = None
+    if cfg.task == "instance" and cfg.tune_postprocess:
+        from segpipe.models import ModelCard
+        from segpipe.train._tune import tune_postprocess
+
+        params, s_best, s_card = tune_postprocess(module, card, val, device)
+        card = ModelCard(**{**card.model_dump(), "postprocess": params})
+        tuning = {"postprocess": params, "val_ap50_tuned": s_best, "val_ap50_before": s_card}
     weights_path = save_model(module, card, cfg.out)
     card_path = weights_path.with_suffix(".json")
-    _write_training_entry(cfg, card_path, step, best_metrics, weights_list, history)
+    _write_training_entry(cfg, card_path, step, best_metrics, weights_list, history, tuning)
     return TrainResult(weights=weights_path, card=card_path, steps=step, best_metrics=best_metrics,
                        history=history, stopped_early=stopped)
 
 
 def _write_training_entry(cfg: TrainConfig, card_path: Path, steps: int, metrics: dict[str, float],
-                          class_w: list[float], history: list[dict[str, float]]) -> None:
+                          class_w: list[float], history: list[dict[str, float]],
+                          tuning: dict[str, Any] | None = None) -> None:
     """Record how the model was made: in the card's ``training`` field when the card has one,
     else in ``<name>.training.json`` beside it."""
     from segpipe.models import ModelCard
@@ -379,6 +388,8 @@ def _write_training_entry(cfg: TrainConfig, card_path: Path, steps: int, metrics
         "config": json.loads(cfg.model_dump_json()), "epochs": len(history),
         "torch": torch.__version__,
     }
+    if tuning is not None:
+        entry["postprocess_tuning"] = tuning
     if "training" in ModelCard.model_fields:
         card = json.loads(card_path.read_text(encoding="utf-8"))
         card["training"] = entry

@@ -31,9 +31,10 @@ def blobs(path: Path | str, side: int = 320, seed: int = 0, n: int = 10) -> Path
 def prefect_server() -> Iterator[str]:
     """A temporary Prefect API for the whole session (slow to start); yields its URL."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    import flows  # noqa: F401  (Prefect defaults before prefect is imported)
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
+
+    import flows  # noqa: F401  (Prefect defaults before prefect is imported)
 
     with prefect_test_harness(server_startup_timeout=180):
         yield str(PREFECT_API_URL.value())

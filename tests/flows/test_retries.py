@@ -20,8 +20,9 @@ def _flaky(calls: list, exc: BaseException, fail_times: int):
 
 
 def test_transient_error_is_retried():
-    from flows import run_stage
     from prefect import flow
+
+    from flows import run_stage
 
     calls: list = []
 
@@ -33,8 +34,9 @@ def test_transient_error_is_retried():
 
 
 def test_bad_input_is_not_retried():
-    from flows import run_stage
     from prefect import flow
+
+    from flows import run_stage
 
     calls: list = []
 
