@@ -295,6 +295,8 @@ class Outcome:
 
     @property
     def verdict(self) -> str:
+        if self.extra.get("informational"):
+            return "done (no target)"
         if self.passed is None:
             return "NOT MEASURED"
         return "PASS" if self.passed else "FAIL"

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from benchmarks._analysis import pipeline_tiles
+from benchmarks._analysis import model_only_pixels, pipeline_pixels
 from benchmarks._data import bench_model, mosaic_slide, synthetic_slide
 from benchmarks._harness import Outcome, cli_main, mb, median, repeats, run_child, save_json
 
@@ -88,6 +88,7 @@ def measure(args: argparse.Namespace, model_spec: str, slide: str, warm: str, ta
     return {
         "pixels": mo.result["pixels"],
         "n_tiles": mo.result["n_tiles"],
+        "tile": mo.result["tile"],
         "model_s": median(mo.result["runs"]),
         "model_runs": mo.result["runs"],
         "model_peak": mo.peak_rss,
@@ -100,7 +101,8 @@ def measure(args: argparse.Namespace, model_spec: str, slide: str, warm: str, ta
         "blocks": f"{runs[0].get('n_blocks', runs[0].get('blocks_processed'))}/"
         f"{runs[0].get('n_blocks_total', runs[0].get('blocks_total'))}",
         "n_regions": runs[0].get("n_regions"),
-        "pipeline_tiles": pipeline_tiles(_side(slide), model_spec),
+        "pipeline_work": pipeline_pixels(_side(slide), model_spec),
+        "model_work": model_only_pixels(_side(slide), mo.result["tile"], mo.result["stride"]),
     }
 
 
@@ -162,7 +164,7 @@ def run(args: argparse.Namespace) -> Outcome:
                 mp / m["excl_s"],
                 m["model_s"] / m["excl_s"],
                 mb(m["pipeline_peak"]),
-                f"{m['blocks']} blocks, {m['pipeline_tiles']} tiles",
+                f"{m['blocks']} blocks, {m['pipeline_work'][0]} passes",
             ]
         )
         rows.append(
@@ -179,11 +181,10 @@ def run(args: argparse.Namespace) -> Outcome:
         )
         if tag == "net":
             headline = m["model_s"] / m["excl_s"]
+        pw, mw = m["pipeline_work"], m["model_work"]
         notes.append(
-            f"{short}: segpipe's segment stage predicts {m['pipeline_tiles']} tiles where the model-only "
-            f"run predicts {m['n_tiles']} (×{m['pipeline_tiles'] / m['n_tiles']:.2f}): each 1024² block's "
-            f"window (block + halo) is tiled on its own, so the tiles whose cores fall in the halo are "
-            f"predicted again by every neighbouring block."
+            f"{short}: the network sees {pw[1] / 1e6:.1f} MP in segpipe ({pw[0]} forward passes: {pw[2]}) "
+            f"against {mw[1] / 1e6:.1f} MP model-only ({mw[0]} tiles of {m['tile']}²): ×{pw[1] / mw[1]:.2f} the work."
         )
     save_json(
         args.workdir,

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> Outcome:
     )
     total = c.result["seconds"]
     rows = [
-        [r["function"], r["calls"], r["tottime"], 100 * r["tottime"] / total, r["cumtime"]]
+        [f"`{r['function']}`", r["calls"], r["tottime"], 100 * r["tottime"] / total, r["cumtime"]]
         for r in c.result["by_tottime"][: args.top]
     ]
     eng = c.result["engine_timings"]
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> Outcome:
         args.command,
         notes,
         args.quick,
+        {"informational": True},
     )
 
 

@@ -136,6 +136,8 @@ class _Job:
     storage_options: dict[str, Any] | None
     connectivity: int = CONNECTIVITY
     predict_grid: str = "global"  # see segpipe.predict.predict_window
+    batch: int = 8  # tiles per model.predict call
+    device: str | None = None  # None: CUDA when the worker has it, else CPU
 
 
 _POOL_ALIGN = 16  # down-sampling factor of the built-in U-Nets (and a divisor of chunk sizes)
@@ -195,8 +197,10 @@ def _pass1(
     """Pass 1 of consecutive blocks as a pipeline: the next windows are read and the
     previous ones finished (stitch records, statistics, writes) on two threads while
     this thread runs the model, so I/O and CPU work overlap the (GPU) prediction."""
+    from segpipe.models import load_model
     from segpipe.predict import segment_window
 
+    model = load_model(model, device=job.device)  # cached: once per worker process
     out: list[tuple[BlockRecord, Partial]] = []
     with ThreadPoolExecutor(max_workers=2) as pool:
         reads = [pool.submit(_read_window, job, b) for b in blocks[:2]]
@@ -207,8 +211,9 @@ def _pass1(
                 reads.append(pool.submit(_read_window, job, blocks[i + 2]))
             wy0, wx0, _, _ = job.grid.window(block)
             seg = segment_window(
-                model, raw, job.stats, (wy0, wx0), job.modality, job.scale, grid=job.predict_grid
-            )
+                model, raw, job.stats, (wy0, wx0), job.modality, job.scale,
+                batch=job.batch, grid=job.predict_grid,
+            )  # fmt: skip
             finishing.append(pool.submit(_finish, job, block, raw, seg))
             reads[i] = None  # type: ignore[call-overload]  # free the window
             while finishing and (finishing[0].done() or len(finishing) > 2):  # bounded memory
@@ -279,6 +284,8 @@ def segment_image(
     blocks: str | Iterable[tuple[int, int]] | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    batch: int = 8,
+    device: str | None = None,
 ) -> SegmentResult:
     """Segment an ingested OME-Zarr image into ``labels/<label_name>`` and region columns.
 
@@ -305,6 +312,10 @@ def segment_image(
     progress : callable, optional
         Called as ``progress(done, total)`` after each block task; ``total`` counts pass-1
         and pass-2 tasks.
+    batch : int
+        Tiles per ``model.predict`` call (where a window is tiled).
+    device : str, optional
+        Torch device for the model in each worker; default CUDA when the worker has a GPU.
 
     Returns
     -------
@@ -340,6 +351,8 @@ def segment_image(
         if learned and scale == 1.0:
             halo = -(-halo // _POOL_ALIGN) * _POOL_ALIGN
     halo = int(halo)
+    if batch < 1:
+        raise ConfigError(f"batch={batch} must be >= 1")
     if halo < 2:
         raise ConfigError(f"halo={halo}: stitching and perimeters need at least 2 px of context")
     image_url = join_url(zarr_url, "0")
@@ -369,7 +382,7 @@ def segment_image(
         image_url=image_url, tmp_url=tmp_url, labels_url=join_url(labels_url, "0"),
         classes_url=None if classes_url is None else join_url(classes_url, "0"), grid=grid,
         stats=stats, modality=meta.modality, scale=scale, semantic=semantic,
-        storage_options=storage_options, predict_grid=predict_grid,
+        storage_options=storage_options, predict_grid=predict_grid, batch=batch, device=device,
     )  # fmt: skip
     timings["prepare"] = time.perf_counter() - t_start
 

@@ -191,18 +191,14 @@ def segment_stage(zarr_url: str, model: str, config: SegpipeConfig, client: Any 
     engine's ``SegmentResult`` (region columns, counts). Chunks outside the foreground
     mask are skipped unless ``tissue.enabled`` is false.
     """
-    import inspect
-
     from segpipe import infer
 
-    kwargs: dict[str, Any] = {"client": client, "halo": config.infer.halo,
-                              "blocks": None if config.tissue.enabled else "all",
-                              "storage_options": storage_options, "progress": progress}
-    accepted = inspect.signature(infer.segment_image).parameters
-    for key, value in (("batch", config.infer.batch), ("device", config.infer.device)):
-        if key in accepted:  # passed on once the engine takes them
-            kwargs[key] = value
-    return infer.segment_image(zarr_url, model, **kwargs)
+    return infer.segment_image(
+        zarr_url, model, client=client, halo=config.infer.halo,
+        blocks=None if config.tissue.enabled else "all", storage_options=storage_options,
+        progress=progress, batch=config.infer.batch,
+        device=None if config.infer.device == "auto" else config.infer.device,
+    )  # fmt: skip
 
 
 def publish_stage(results: str, image_id: str, run_id: str, zarr_url: str, segmented: Any,
