@@ -20,7 +20,7 @@ from segpipe.metrics import instance_metrics
 __all__ = ["tune_postprocess", "retune_saved"]
 
 GRID = {
-    "seed_threshold": (0.5, 0.6, 0.7, 0.8, 0.85, 0.9),
+    "seed_threshold": (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97),
     "mask_threshold": (0.4, 0.5, 0.6),
     "min_seed_size": (4, 8, 16),
 }

@@ -75,15 +75,20 @@ def heldout_nuclei(models: list[str], n: int = 20, shape: int = 384) -> dict[str
     the images go in as they are, as a file without a pixel size would)."""
     import torch
 
+    from segpipe.models import load_model
+    from segpipe.normalize import image_stats
     from segpipe.predict import segment_array
 
     torch.set_num_threads(1)
     data = nuclei_heldout_set(n, shape)
     result: dict[str, dict[str, Any]] = {}
     for name in models:
+        model = load_model(name, device="cpu")
         rows = []
         for image, truth, modality in data:
-            pred = segment_array(image, model=name, modality=modality)
+            # statistics of the source pixels, as the pipeline computes them from a pyramid level
+            stats = image_stats(image, model.card, modality)
+            pred = segment_array(image, model=model, modality=modality, stats=stats)
             rows.append({**instance_metrics(truth, pred), "modality": modality})
         result[name] = {
             "all": _pool(rows),

@@ -66,8 +66,10 @@ def snapshot(results: Path | str, storage_options: dict[str, Any] | None = None)
 
 
 def labels_of(results: Path | str, image_id: str) -> np.ndarray:
-    """The full-resolution label image of one image (``labels/segmentation/0``)."""
+    """The full-resolution label image of one image (its only registered label image)."""
     import zarr
 
-    group = zarr.open_group(f"{results}/images/{image_id}.ome.zarr", mode="r")
-    return np.asarray(group["labels/segmentation/0"][...])
+    group = zarr.open_group(f"{results}/images/{image_id}.ome.zarr/labels", mode="r")
+    names = group.attrs["ome"]["labels"]
+    assert len(names) == 1, names
+    return np.asarray(group[f"{names[0]}/0"][...])
