@@ -135,7 +135,8 @@ def mosaic_slide(
     in a fixed pattern. Rendering a 32k² slide nucleus by nucleus would take ~15 min on
     one core; the mosaic gives slides of every size the same content statistics (so
     memory can be compared across sizes) in the time it takes to compress them. Memory
-    stays at a few patches whatever the size. Level 0 only (zlib, like ``write_slide``):
+    stays at a few patches whatever the size. Level 0 only (zlib, like ``write_slide``; the
+    pixel type is the renderer's, uint16 for fluorescence):
     ingest builds the pyramid itself.
     """
     import tifffile
@@ -168,7 +169,7 @@ def mosaic_slide(
         tif.write(
             tiles(),
             shape=(size, size),
-            dtype=np.uint8,
+            dtype=base.dtype,
             tile=(tile, tile),
             compression="zlib",
             photometric="minisblack",

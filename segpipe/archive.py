@@ -140,6 +140,54 @@ def _join(root_uri: str, rel: str) -> str:
     return f"{root_uri.rstrip('/')}/{rel}"
 
 
+def _hidden(part: str) -> bool:
+    return part.startswith(".") and part not in (".", "..")
+
+
+def _walk(fs: Any, root: str) -> Iterable[tuple[str, dict[str, Any], bool]]:
+    """``(relpath, info, is_dir)`` of every file and ``*.zarr`` directory under ``root``.
+
+    Local folders are walked folder by folder. Object stores are listed flat (one listing of
+    every key): a key is taken as it is, so ``a/../../x.tif`` or ``a//x.tif`` (legal S3
+    keys) are found rather than lost in a walk that cannot descend into ``..`` or ``""``.
+    """
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            for item in fs.ls(folder, detail=True):
+                path = str(item["name"]).rstrip("/")
+                base = path.rsplit("/", 1)[-1]
+                if path == folder or base.startswith("."):
+                    continue
+                rel = posixpath.relpath(path, root) if root else path
+                is_dir = item.get("type") == "directory"
+                if is_dir and not base.lower().endswith(".zarr"):
+                    stack.append(path)
+                else:
+                    yield rel, item, is_dir
+        return
+    zarrs: set[str] = set()
+    prefix = f"{root}/" if root else ""
+    for path, item in sorted(fs.find(root, detail=True).items()):
+        path = str(path)
+        if not path.startswith(prefix) or len(path) == len(prefix):
+            continue
+        parts = path[len(prefix):].split("/")
+        for i, part in enumerate(parts):
+            if _hidden(part):
+                break
+            if i < len(parts) - 1 and part.lower().endswith(".zarr"):
+                rel = "/".join(parts[: i + 1])
+                if rel not in zarrs:
+                    zarrs.add(rel)
+                    yield rel, {"name": prefix + rel, "type": "directory"}, True
+                break
+        else:
+            if not path.endswith("/"):
+                yield "/".join(parts), item, False
+
+
 def discover(
     source: str,
     include: Sequence[str] | None = None,
@@ -192,33 +240,19 @@ def discover(
         ]
     root = root.rstrip("/")
     entries: list[ArchiveEntry] = []
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        for item in fs.ls(folder, detail=True):
-            path = str(item["name"]).rstrip("/")
-            if path == folder:
-                continue
-            base = path.rsplit("/", 1)[-1]
-            if base.startswith("."):
-                continue
-            rel = posixpath.relpath(path, root) if root else path
-            is_dir = item.get("type") == "directory"
-            if is_dir and not base.lower().endswith(".zarr"):
-                stack.append(path)
-                continue
-            if not _matches(rel, include) or _matches(rel, exclude):
-                continue
-            entries.append(
-                ArchiveEntry(
-                    _join(source, rel),
-                    rel,
-                    0 if is_dir else int(item.get("size") or 0),
-                    _mtime(item),
-                    _etag(item),
-                    is_dir,
-                )
+    for rel, item, is_dir in _walk(fs, root):
+        if not _matches(rel, include) or _matches(rel, exclude):
+            continue
+        entries.append(
+            ArchiveEntry(
+                _join(source, rel),
+                rel,
+                0 if is_dir else int(item.get("size") or 0),
+                _mtime(item),
+                _etag(item),
+                is_dir,
             )
+        )
     return sorted(entries, key=lambda e: e.relpath)
 
 

@@ -101,6 +101,9 @@ class SegmentResult:
         The normalisation statistics every block used.
     processed : list of (int, int)
         The blocks that were segmented, in raster order.
+    tissue_area_px : int or None
+        Foreground (tissue) area in level-0 pixels from the tissue mask; the whole image
+        with ``blocks="all"``; None for an explicit block list.
     """
 
     labels_url: str
@@ -118,6 +121,7 @@ class SegmentResult:
     timings: dict[str, float] = field(default_factory=dict)
     stats: ImageStats | None = None
     processed: list[tuple[int, int]] = field(default_factory=list)
+    tissue_area_px: int | None = None
 
 
 @dataclass(frozen=True)
@@ -252,21 +256,23 @@ def _select(
     grid: BlockGrid,
     thumb: np.ndarray,
     modality: str,
-) -> list[tuple[int, int]]:
+) -> tuple[list[tuple[int, int]], float | None]:
+    """Blocks to segment, and the foreground fraction of the image (None when not measured)."""
     if isinstance(blocks, str):
         if blocks != "all":
             raise ConfigError(f"blocks={blocks!r}: use None (tissue mask), 'all' or a list of (by, bx)")
-        return list(grid.blocks())
+        return list(grid.blocks()), 1.0
     if blocks is not None:
         chosen = sorted({(int(b[0]), int(b[1])) for b in blocks})
         bad = [b for b in chosen if not grid.contains(b)]
         if bad:
             raise ConfigError(f"blocks {bad[:3]} are outside the {grid.grid_shape} block grid")
-        return chosen
+        return chosen, None
     from segpipe.tissue import select_blocks, tissue_mask
 
     mask = tissue_mask(thumb, modality)
-    return sorted((int(b[0]), int(b[1])) for b in select_blocks(mask, grid.shape, grid.block[0]))
+    chosen = sorted((int(b[0]), int(b[1])) for b in select_blocks(mask, grid.shape, grid.block[0]))
+    return chosen, float(mask.mean())
 
 
 def _has_gpu(client: Any) -> bool:
@@ -365,7 +371,7 @@ def segment_image(
     level = _pick_level(meta.levels)
     thumb = np.asarray(_open_array(join_url(zarr_url, str(level)), storage_options)[:])
     stats = image_stats(thumb, card, meta.modality)
-    todo = _select(blocks, grid, thumb, meta.modality)
+    todo, tissue_fraction = _select(blocks, grid, thumb, meta.modality)
     semantic = card.task == "semantic"
 
     labels_arr = create_label_array(zarr_url, name, meta.shape, inner, shards,
@@ -416,6 +422,8 @@ def segment_image(
         blocks_skipped=grid.n_blocks - len(todo), block=int(block[0]), halo=halo, scale=scale,
         label_name=name, model=card.name, timings=timings, stats=stats,
         processed=todo,
+        tissue_area_px=None if tissue_fraction is None
+        else round(tissue_fraction * meta.shape[0] * meta.shape[1]),
     )  # fmt: skip
 
 

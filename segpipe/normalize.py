@@ -164,14 +164,21 @@ def thumbnail(image: np.ndarray, max_side: int = 2048) -> np.ndarray:
 
     Returns
     -------
-    (C, y, x) float32 ndarray (the input itself, as float32, when already small enough)
+    (C, y, x) ndarray
+        The input's dtype, as a pyramid level written by ingest has it (integer means are
+        rounded): the channel conversions read the value range from the dtype (e.g. uint8
+        H&E as 0..255), so a float copy of an integer image would shift its statistics.
     """
-    out = np.asarray(image)
+    src = np.asarray(image)
+    out = src
     while max(out.shape[-2:]) > max_side:
         y, x = out.shape[-2] // 2 * 2, out.shape[-1] // 2 * 2
         o = out[:, :y, :x].astype(np.float32, copy=False)
         out = 0.25 * (o[:, 0::2, 0::2] + o[:, 1::2, 0::2] + o[:, 0::2, 1::2] + o[:, 1::2, 1::2])
-    return out if out.dtype.kind == "f" else out.astype(np.float32)
+    if out.dtype != src.dtype and src.dtype.kind in "ui":
+        info = np.iinfo(src.dtype)
+        out = np.clip(np.rint(out), info.min, info.max).astype(src.dtype)
+    return out
 
 
 def image_stats(thumb: np.ndarray, card: ModelCard, modality: str) -> ImageStats:

@@ -218,7 +218,11 @@ def _mask(
         if min(mask.shape) > 8
         else mask
     )
-    mask = _remove_small_objects(mask, int(min_object_fraction * area))
+    if mode == "brightfield":
+        # Dust and debris on glass; in fluorescence and grey images a small bright (or, on
+        # a bright part, dark) object is what we are looking for — sparse cells, pits —
+        # and dropping it would skip its chunk, so only brightfield removes specks.
+        mask = _remove_small_objects(mask, int(min_object_fraction * area))
     mask = _remove_small_holes(mask, int(max_hole_fraction * area))
     return mask
 

@@ -133,7 +133,7 @@ def test_thumbnail_and_stats_from_image() -> None:
     img = rng.integers(0, 200, (1, 1100, 900)).astype(np.uint8)
     img[:, 100:300, 100:300] = 250
     thumb = thumbnail(img, max_side=300)
-    assert thumb.shape == (1, 275, 225) and thumb.dtype == np.float32
+    assert thumb.shape == (1, 275, 225) and thumb.dtype == np.uint8  # like an ingested pyramid level
     assert thumb.mean() == pytest.approx(img.mean(), rel=0.01)
     assert thumbnail(img, max_side=2048).shape == img.shape
     stats = stats_from_image(img, GREY, "grey", max_side=300)
@@ -149,3 +149,23 @@ def test_image_stats_validation_and_round_trip() -> None:
         ImageStats(low=(1.0,), high=(1.0, 2.0))
     with pytest.raises(ConfigError):
         ImageStats(low=(float("nan"),), high=(1.0,))
+
+
+def test_stats_from_image_match_the_pipeline_on_uint8_he() -> None:
+    """segment_array's statistics equal those the pipeline takes from an ingested uint8
+    pyramid level: the thumbnail keeps the dtype, so H&E optical density is not rescaled."""
+    from segpipe.ingest import downsample2
+    from segpipe.models import builtin_card
+    from segpipe.normalize import stats_from_image, thumbnail
+    from segpipe.synthetic import nuclei_sample
+
+    card = builtin_card("nuclei")
+    image, _ = nuclei_sample((600, 640), rng=3, modality="he")
+    small = thumbnail(image, max_side=300)
+    assert small.dtype == np.uint8
+    level = downsample2(image)
+    np.testing.assert_allclose(
+        stats_from_image(image, card, "brightfield", max_side=300).low,
+        image_stats(level, card, "brightfield").low,
+        atol=0.05,
+    )

@@ -190,3 +190,19 @@ def test_mask_of_2d_thumbnail(tmp_path: Path) -> None:
     grey = np.zeros((64, 64), np.uint8)
     grey[16:48, 16:48] = 200
     assert tissue_mask(grey, "fluorescence")[32, 32]
+
+
+@pytest.mark.parametrize("modality", ["grey", "fluorescence"])
+def test_sparse_small_bright_objects_keep_their_blocks(modality: str) -> None:
+    """Sparse cells on a dark dish are the objects, not dust: their blocks are kept."""
+    rng = np.random.default_rng(0)
+    side, block = 2304, 256
+    image = np.full((side, side), 20, np.float32)
+    yy, xx = np.mgrid[:side, :side]
+    centres = rng.integers(20, side - 20, (40, 2))
+    for cy, cx in centres:
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 170
+    image = np.clip(image + rng.normal(0, 5, image.shape), 0, 255).astype(np.uint8)
+    thumb = image[::4, ::4][None]
+    chosen = set(select_blocks(tissue_mask(thumb, modality), (side, side), block))
+    assert {(int(cy) // block, int(cx) // block) for cy, cx in centres} <= chosen

@@ -241,3 +241,12 @@ def test_zarr_source_and_scale_and_balanced_crops(tmp_path: Path) -> None:
     assert all(hits)
     _, big = sample_crop(item, rng, 64, 2.0, False, 1.0)
     assert 100 <= (big == 1).sum() <= 196  # 6x6 -> about 12x12
+
+
+def test_checkpoint_beside_weights_and_heldout_set_is_fixed() -> None:
+    from segpipe.train.heldout import nuclei_heldout_set
+
+    assert TrainConfig(data="x", out=Path("a/m.safetensors")).checkpoint_path == Path("a/m.ckpt")
+    a, b = nuclei_heldout_set(2, 64), nuclei_heldout_set(2, 64)
+    assert [m for _, _, m in a] == ["fluorescence", "brightfield"]
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b, strict=True))

@@ -223,6 +223,11 @@ def publish_stage(results: str, image_id: str, run_id: str, zarr_url: str, segme
             "n_regions": int(len(columns["label"])),
             "n_blocks": _attr(segmented, "blocks_processed", "n_blocks"),
             "n_blocks_total": _attr(segmented, "blocks_total", "n_blocks_total")}
+    tissue_px = _attr(segmented, "tissue_area_px")
+    if tissue_px is not None:
+        mpp = row.get("mpp")
+        done["tissue_area_px"] = int(tissue_px)
+        done["tissue_area_um2"] = float(tissue_px) * mpp * mpp if mpp else None
     timings = dict(row.get("timings") or {})
     for key, value in (_attr(segmented, "timings", default={}) or {}).items():
         if key != "total":

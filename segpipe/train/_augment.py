@@ -9,8 +9,6 @@ changes (scale, offset, gamma, noise, blur) act on the prepared, normalised inpu
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.color import hed2rgb, rgb2hed
@@ -130,5 +128,3 @@ def random_zoom(rng: np.random.Generator, scale_range: tuple[float, float]) -> f
     lo, hi = scale_range
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
-
-Prep = Callable[[np.ndarray, Item], np.ndarray]

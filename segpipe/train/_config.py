@@ -105,7 +105,10 @@ class TrainConfig(BaseModel):
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.checkpoint or Path(str(self.out) + ".ckpt")
+        if self.checkpoint is not None:
+            return self.checkpoint
+        base = self.out.with_suffix("") if self.out.suffix in (".safetensors", ".pt", ".pth", ".json") else self.out
+        return Path(str(base) + ".ckpt")
 
 
 #: Built-in recipes: ``preset_config("nuclei", out=...)`` gives the exact configuration the
@@ -140,7 +143,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         preset="light",
         crop=128,
         batch_size=8,
-        steps=600,
+        steps=1200,
         epoch_steps=100,
         lr=3e-3,
         scale_range=(0.8, 1.25),

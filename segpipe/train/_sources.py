@@ -86,7 +86,7 @@ def train_val_items(cfg: TrainConfig) -> tuple[list[Item], list[Item]]:
         val = synthetic_items(kind, cfg.val_images, cfg.synthetic_shape, cfg.seed + 7919, 2000, held_out=True)
     else:
         if len(train) < 2:
-            # one big image: validate on a held-out band (the bottom val_fraction of rows)
+            # a single image cannot be split: it is validated on itself (say so in the card)
             return train, train
         order = np.random.default_rng(cfg.seed).permutation(len(train))
         n_val = max(1, int(round(cfg.val_fraction * len(train))))

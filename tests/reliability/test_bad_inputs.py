@@ -99,12 +99,23 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _results_with_one_run(tmp_path: Path, run_segpipe) -> tuple[Path, Path, dict[str, bytes]]:
-    archive = tmp_path / "archive"
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory, prefect_api):
+    """(archive, results of one good run, file tree of those results): shared by the run-level cases."""
+    import os
+    import subprocess
+
+    from reliability_helpers import SEGPIPE, SETTINGS, settings_env
+
+    tmp = tmp_path_factory.mktemp("runlevel")
+    archive = tmp / "archive"
     archive.mkdir()
     nuclei_tif(archive / "a.tif", seed=1)
-    results = tmp_path / "results"
-    assert run_segpipe(archive, results).returncode == 0
+    results = tmp / "results"
+    env = {**os.environ, **settings_env(SETTINGS), "PREFECT_API_URL": prefect_api, "SEGPIPE_RUN__N_WORKERS": "1"}
+    proc = subprocess.run([SEGPIPE, "run", str(archive), "--out", str(results)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     return archive, results, _tree(results)
 
 
@@ -120,9 +131,9 @@ def _check_refused(cases: dict, archive: Path, results: Path, run_segpipe) -> di
     return outputs
 
 
-def test_bad_settings_stop_before_work(tmp_path, run_segpipe):
+def test_bad_settings_stop_before_work(tmp_path, run_segpipe, one_run):
     """Unknown key / wrong type in a settings file: exit 1, one line naming the file, RESULTS untouched."""
-    archive, results, before = _results_with_one_run(tmp_path, run_segpipe)
+    archive, results, before = one_run
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("[infer]\nbatchh = 4\n")
     wrong_type = tmp_path / "wrong_type.toml"
@@ -158,9 +169,9 @@ def _bad_models(tmp_path: Path) -> tuple[Path, Path, Path]:
 @pytest.mark.xfail(strict=True, reason=(
     "flows/archive.py: resolve_model runs inside the Prefect flow, so a WeightsIntegrityError is "
     "logged by Prefect with a full traceback on stderr before the CLI's one red line"))
-def test_bad_model_files_stop_before_work(tmp_path, run_segpipe):
+def test_bad_model_files_stop_before_work(tmp_path, run_segpipe, one_run):
     """Card sha256 mismatch / pickle with code: refused, never executed, RESULTS untouched, one line."""
-    archive, results, before = _results_with_one_run(tmp_path, run_segpipe)
+    archive, results, before = one_run
     bad_sha, evil, marker = _bad_models(tmp_path)
     cases = {"sha mismatch": (("--model", str(bad_sha)), "mine.safetensors"),
              "pickle with code": (("--model", str(evil)), "mine.pt")}

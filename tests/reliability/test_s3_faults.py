@@ -43,7 +43,7 @@ def test_s3_transient_and_permanent_faults(s3, tmp_path, run_segpipe):
     opts = s3.storage_options
     env_base = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
                 "AWS_SESSION_TOKEN": "", "AWS_SECURITY_TOKEN": ""}
-    settings = {"run.retries": 2, "run.retry_delay_s": 1}
+    settings = {"run.retries": 1, "run.retry_delay_s": 0.5}
     with FaultProxy(s3.endpoint_url) as proxy:
         env = {**env_base, "AWS_ENDPOINT_URL_S3": proxy.url}
 
