@@ -28,9 +28,9 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from segpipe.predict import segment_array
     from segpipe.io import open_image
     from segpipe.models import list_models, load_model
+    from segpipe.predict import segment_array
     from segpipe.tables import open_results
 
 
