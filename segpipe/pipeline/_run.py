@@ -61,22 +61,13 @@ class RunSummary:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _get(entry: Any, *names: str, default: Any = None) -> Any:
-    for n in names:
-        if isinstance(entry, dict) and n in entry:
-            return entry[n]
-        if hasattr(entry, n):
-            return getattr(entry, n)
-    return default
-
-
 def discover_items(source: str, config: SegpipeConfig,
                    storage_options: dict[str, Any] | None = None) -> list[ArchiveItem]:
     """Discover the archive's images (include / exclude globs) and fingerprint them.
 
     Raises
     ------
-    ImageReadError
+    ConfigError
         The source does not exist.
     """
     from segpipe import archive
@@ -84,16 +75,13 @@ def discover_items(source: str, config: SegpipeConfig,
     run = config.run
     entries = archive.discover(source, include=run.include or None, exclude=run.exclude or None,
                                storage_options=storage_options)
-    items = []
-    for entry in entries:
-        fp = _get(entry, "fingerprint")
-        if fp is None or run.content_hash:
-            fp = archive.fingerprint(entry, content_hash=run.content_hash, storage_options=storage_options)
-        items.append((entry, str(fp)))
-    relpaths = [str(_get(e, "relpath", "path")) for e, _ in items]
-    ids = _get(archive, "assign_image_ids")(relpaths)
-    return [ArchiveItem(image_id=ids[rel], uri=str(_get(e, "uri", "url")), relpath=rel, fingerprint=fp,
-                        size=_get(e, "size")) for (e, fp), rel in zip(items, relpaths, strict=True)]
+    ids = archive.assign_image_ids([e.relpath for e in entries])
+    return [
+        ArchiveItem(image_id=ids[e.relpath], uri=e.uri, relpath=e.relpath, size=e.size,
+                    fingerprint=archive.fingerprint(e, content_hash=run.content_hash,
+                                                    storage_options=storage_options))
+        for e in entries
+    ]  # fmt: skip
 
 
 @contextlib.contextmanager

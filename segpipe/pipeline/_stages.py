@@ -18,10 +18,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segpipe.config import SegpipeConfig, config_hash
 from segpipe.errors import SegpipeError
+
+if TYPE_CHECKING:
+    from segpipe.infer import SegmentResult
 
 __all__ = [
     "skipped_rows",
@@ -201,7 +204,7 @@ def segment_stage(zarr_url: str, model: str, config: SegpipeConfig, client: Any 
     )  # fmt: skip
 
 
-def publish_stage(results: str, image_id: str, run_id: str, zarr_url: str, segmented: Any,
+def publish_stage(results: str, image_id: str, run_id: str, zarr_url: str, segmented: SegmentResult,
                   row: dict[str, Any], client: Any = None,
                   storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Make the outputs visible: label pyramid registered, region file, then the ``done`` row LAST.
@@ -211,27 +214,20 @@ def publish_stage(results: str, image_id: str, run_id: str, zarr_url: str, segme
     from segpipe import tables
     from segpipe.labels import finalize_labels, label_names
 
-    name = str(_attr(segmented, "label_name", default=LABELS_NAME))
+    name = segmented.label_name
     if name not in label_names(zarr_url, storage_options=storage_options):
         finalize_labels(zarr_url, name, client=client, storage_options=storage_options)
-    labels_uri = str(_attr(segmented, "labels_url", default=f"{zarr_url}/labels/{name}"))
-    columns = dict(_attr(segmented, "columns", "regions"))
-    for key in ("image_id", "run_id"):  # filled in by the tables module
-        columns.pop(key, None)
+    columns = {k: v for k, v in segmented.columns.items() if k not in ("image_id", "run_id")}
     tables.write_regions(results, image_id, run_id, columns, storage_options=storage_options)
-    done = {**row, "status": "done", "error": None, "labels_uri": labels_uri,
-            "n_regions": int(len(columns["label"])),
-            "n_blocks": _attr(segmented, "blocks_processed", "n_blocks"),
-            "n_blocks_total": _attr(segmented, "blocks_total", "n_blocks_total")}
-    tissue_px = _attr(segmented, "tissue_area_px")
-    if tissue_px is not None:
+    done = {**row, "status": "done", "error": None, "labels_uri": segmented.labels_url,
+            "n_regions": int(len(columns["label"])), "n_blocks": segmented.blocks_processed,
+            "n_blocks_total": segmented.blocks_total}
+    if segmented.tissue_area_px is not None:
         mpp = row.get("mpp")
-        done["tissue_area_px"] = int(tissue_px)
-        done["tissue_area_um2"] = float(tissue_px) * mpp * mpp if mpp else None
+        done["tissue_area_px"] = int(segmented.tissue_area_px)
+        done["tissue_area_um2"] = float(segmented.tissue_area_px) * mpp * mpp if mpp else None
     timings = dict(row.get("timings") or {})
-    for key, value in (_attr(segmented, "timings", default={}) or {}).items():
-        if key != "total":
-            timings[f"segment.{key}"] = float(value)
+    timings.update({f"segment.{k}": float(v) for k, v in segmented.timings.items() if k != "total"})
     done["timings"] = timings
     tables.write_image_row(results, done, storage_options=storage_options)
     try:
