@@ -126,9 +126,18 @@ def synthetic_slide(
 
 
 def mosaic_slide(
-    workdir: Path, size: int, patch: int = 2048, tile: int = 256, seed: int = SEED
+    workdir: Path,
+    size: int,
+    patch: int = 2048,
+    tile: int = 256,
+    seed: int = SEED,
+    sparse: bool = False,
 ) -> Path:
-    """A square, fully-tissue slide of any size, written tile by tile as a tiled BigTIFF.
+    """A square slide of any size, written tile by tile as a tiled BigTIFF.
+
+    ``sparse=False``: fully tissue. ``sparse=True``: only patches with even row and column
+    index hold tissue (25 % of the slide, the same pattern at every size), the others are
+    blank glass at the patch's background level — the tissue mask skips them.
 
     One ``patch``² fully-tissue fluorescence region is rendered by
     :class:`segpipe.synthetic.SyntheticSlide`; the slide repeats its 8 flips / transposes
@@ -143,7 +152,8 @@ def mosaic_slide(
 
     from segpipe.synthetic import SyntheticSlide
 
-    path = workdir / "slides" / f"mosaic_{size}_p{patch}_s{seed}.tif"
+    name = f"mosaic_{size}_p{patch}_s{seed}" + ("_sparse" if sparse else "")
+    path = workdir / "slides" / f"{name}.tif"
     if _fresh(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,12 +166,15 @@ def mosaic_slide(
     base = base[0]
     variants = [base, base[::-1], base[:, ::-1], base[::-1, ::-1]]
     variants += [np.ascontiguousarray(v.T) for v in variants]
+    glass = np.full((patch, patch), np.percentile(base, 1), base.dtype)
 
     def tiles():
         for y in range(0, size, tile):
             for x in range(0, size, tile):
                 py, px = y // patch, x // patch
                 v = variants[(py * 5 + px * 3 + (py * px) % 7) % 8]
+                if sparse and (py % 2 or px % 2):
+                    v = glass
                 yield v[y % patch : y % patch + tile, x % patch : x % patch + tile]
 
     tmp = path.with_name(path.name + ".tmp")

@@ -236,6 +236,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)",
         "os": f"{platform.system()} {platform.release()}",
+        "load": ", ".join(f"{v:.1f}" for v in os.getloadavg()),
     }
     for mod in ("segpipe", "numpy", "dask", "distributed", "zarr", "tifffile", "monai"):
         try:
@@ -270,7 +271,7 @@ def machine_markdown(info: dict[str, Any]) -> str:
             f"* CPU: {info['cpu']}, `nproc` = {info['nproc']}, RAM {info['ram_gib']} GiB",
             f"* GPU: {info['gpu']}",
             f"* Python {info['python']}, torch {info['torch']} ({info['torch_threads']} intra-op threads), {libs}",
-            f"* {info['os']}",
+            f"* {info['os']}; load average (1, 5, 15 min) when written: {info.get('load', '?')}",
         ]
     )
 

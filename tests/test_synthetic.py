@@ -322,3 +322,23 @@ def test_write_large_slide_in_bounded_memory(tmp_path: Path) -> None:
         assert info.levels[-1][0] <= 1024
     level0 = side * side * 3
     assert peak[0] - base < max(level0 / 8, 64e6), f"grew by {(peak[0] - base) / 1e6:.0f} MB"
+
+
+def test_blob_sample_varies_style_and_labels_bright_blobs() -> None:
+    from segpipe.synthetic import blob_sample
+
+    sharp, contrasts = 0, []
+    for seed in range(12):
+        image, labels = blob_sample((96, 96), np.random.default_rng(seed), (10, 20), 0.3)
+        assert image.shape == (1, 96, 96) and image.dtype == np.uint8 and labels.dtype == np.uint32
+        assert labels.max() > 0 and np.unique(labels).size == labels.max() + 1  # 1..n
+        inside, outside = image[0][labels > 0].astype(float), image[0][labels == 0].astype(float)
+        contrasts.append(np.median(inside) - np.median(outside))
+        # a sharp edge: a one-pixel step across the outline carries most of the contrast
+        step = np.abs(np.diff(image[0].astype(float), axis=1))[np.diff(labels > 0, axis=1)]
+        sharp += bool(contrasts[-1] > 40 and np.median(step) > 0.7 * contrasts[-1])
+    assert min(contrasts) > 0  # nuclei are always brighter than the background
+    assert max(contrasts) > 4 * min(contrasts)  # ... by very different amounts
+    assert sharp >= 1
+    again = blob_sample((96, 96), np.random.default_rng(3), (10, 20), 0.3)
+    np.testing.assert_array_equal(again[0], blob_sample((96, 96), np.random.default_rng(3), (10, 20), 0.3)[0])

@@ -95,6 +95,9 @@ class ModelCard(BaseModel):
         Hex sha256 of the weights file, checked on load.
     description : str
         One line for ``segpipe models``.
+    training : dict or None
+        How the weights were made (command, data, steps, validation metrics, tuned
+        post-processing), written by :mod:`segpipe.train`; None when unknown.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -113,6 +116,7 @@ class ModelCard(BaseModel):
     architecture: dict[str, Any]
     sha256: str | None = None
     description: str = ""
+    training: dict[str, Any] | None = None
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -3,6 +3,7 @@
 In-memory samples for training (fast, one call per sample):
 
 * :func:`nuclei_sample` — fluorescence or H&E nuclei with instance labels;
+* :func:`blob_sample` — plain-style nuclei (flat / sharp / any contrast and noise);
 * :func:`defects_sample` — industrial surfaces with a scratch / pit / stain class map.
 
 Files:
@@ -14,6 +15,7 @@ Files:
 """
 
 from segpipe.synthetic._archive import ArchiveInfo, ArchiveItem, make_archive, truth_path
+from segpipe.synthetic._blobs import blob_sample
 from segpipe.synthetic._industrial import (
     DEFECT_CLASSES,
     SURFACES,
@@ -36,6 +38,7 @@ __all__ = [
     "SlideInfo",
     "Style",
     "SyntheticSlide",
+    "blob_sample",
     "defects_sample",
     "labels_path_for",
     "level_shapes",

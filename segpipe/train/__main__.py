@@ -24,6 +24,7 @@ _OPTIONS: dict[str, type] = {
     "channel_mode": str, "mpp": float, "preset": str, "crop": int, "batch_size": int,
     "steps": int, "epoch_steps": int, "lr": float, "boundary": str, "seed": int, "device": str,
     "patience": int, "threads": int, "pool": int, "val_images": int, "checkpoint": str,
+    "init": str,
 }
 
 

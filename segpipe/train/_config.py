@@ -59,6 +59,7 @@ class TrainConfig(BaseModel):
     threads: int = Field(1, ge=1, description="torch CPU threads")
     checkpoint: Path | None = Field(None, description="checkpoint file; default <out>.ckpt")
     resume: bool = Field(False, description="continue from the checkpoint")
+    init: Path | None = Field(None, description="start from these weights (fine-tuning), e.g. a built-in model's")
     stop_after: int | None = Field(
         None, ge=1, description="leave after this many steps in this call (checkpointed; finish with resume)"
     )

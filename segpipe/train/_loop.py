@@ -294,6 +294,10 @@ def train(config: TrainConfig) -> TrainResult:
     device = _device(cfg)
     card = make_card(cfg)
     module = build_module(card).to(device)
+    if cfg.init is not None and not cfg.resume:
+        from segpipe.models import load_model
+
+        module.load_state_dict(load_model(cfg.init, device="cpu").module.state_dict())
     train_items, val_items = train_val_items(cfg)
     batcher = Batcher(cfg, card, train_items)
     val = validation_set(cfg, card, val_items)
@@ -377,10 +381,7 @@ def train(config: TrainConfig) -> TrainResult:
 def _write_training_entry(cfg: TrainConfig, card_path: Path, steps: int, metrics: dict[str, float],
                           class_w: list[float], history: list[dict[str, float]],
                           tuning: dict[str, Any] | None = None) -> None:
-    """Record how the model was made: in the card's ``training`` field when the card has one,
-    else in ``<name>.training.json`` beside it."""
-    from segpipe.models import ModelCard
-
+    """Record how the model was made in the card's ``training`` field."""
     entry = {
         "command": cfg.command or " ".join(shlex.quote(a) for a in sys.argv),
         "data": cfg.data, "val_data": cfg.val_data or f"held out from {cfg.data}",
@@ -390,12 +391,9 @@ def _write_training_entry(cfg: TrainConfig, card_path: Path, steps: int, metrics
     }
     if tuning is not None:
         entry["postprocess_tuning"] = tuning
-    if "training" in ModelCard.model_fields:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-        card["training"] = entry
-        card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    else:
-        card_path.with_suffix(".training.json").write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card["training"] = entry
+    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 
 class _Progress:

@@ -15,9 +15,19 @@ __all__ = ["synthetic_items", "train_val_items", "SYNTHETIC_KINDS"]
 SYNTHETIC_KINDS = ("nuclei", "defects")
 
 
-def _nuclei_item(rng: np.random.Generator, shape: tuple[int, int], name: str, held_out: bool) -> Item:
-    from segpipe.synthetic import nuclei_sample
+#: Share of training images drawn in the plain blob style (:func:`segpipe.synthetic.blob_sample`)
+#: instead of the realistic renderer, so the model does not learn the renderer's look.
+PLAIN_FRACTION = 0.35
 
+
+def _nuclei_item(rng: np.random.Generator, shape: tuple[int, int], name: str, held_out: bool) -> Item:
+    from segpipe.synthetic import blob_sample, nuclei_sample
+
+    if not held_out and rng.random() < PLAIN_FRACTION:
+        lo = float(np.exp(rng.uniform(np.log(7.0), np.log(36.0))))
+        hi = min(56.0, lo * float(rng.uniform(1.1, 2.2)))
+        image, labels = blob_sample(shape, rng, (lo, hi), float(rng.uniform(0.02, 0.5)))
+        return array_item(name, image, labels, "instance", "grey")
     modality = "he" if rng.random() < 0.5 else "fluorescence"
     if held_out:  # other settings than training: fixed size bands, other densities
         lo, hi = [(10.0, 18.0), (16.0, 28.0), (24.0, 40.0), (10.0, 40.0)][int(rng.integers(4))]

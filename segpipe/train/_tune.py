@@ -77,12 +77,9 @@ def retune_saved(cfg: Any) -> dict[str, Any]:
     card_path = weights.with_suffix(".json")
     data = json.loads(card_path.read_text(encoding="utf-8"))
     data["postprocess"] = best
+    info = {"postprocess": best, "val_ap50_tuned": s_best, "val_ap50_before": s_card}
+    if isinstance(data.get("training"), dict):
+        data["training"]["postprocess_tuning"] = info
     ModelCard(**data)  # still valid
     card_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    info = {"postprocess": best, "val_ap50_tuned": s_best, "val_ap50_before": s_card}
-    side = card_path.with_suffix(".training.json")
-    if side.exists():
-        entry = json.loads(side.read_text(encoding="utf-8"))
-        entry["postprocess_tuning"] = info
-        side.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
     return info

@@ -4,6 +4,8 @@
 writes) the metrics quoted in docs/models.md: for instance models AP at IoU 0.5…0.9, F1,
 splits and merges pooled over the images (and per modality); for semantic models
 (``--kind defects``) the IoU of each class from the pooled confusion matrix.
+``--kind discs`` measures instance models on :func:`disc_image`, the flat sharp-edged discs
+of the project's acceptance check (a style the training renderer never produces).
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import numpy as np
 
 from segpipe.metrics import DEFAULT_THRESHOLDS, confusion_matrix, instance_metrics, iou_per_class
 
-__all__ = ["heldout_nuclei", "heldout_defects", "nuclei_heldout_set", "defects_heldout_set"]
+__all__ = [
+    "disc_image",
+    "heldout_discs",
+    "heldout_defects",
+    "heldout_nuclei",
+    "nuclei_heldout_set",
+    "defects_heldout_set",
+]
 
 #: The test set's own seed: never used by training (streams 1000+) or validation (2000).
 HELDOUT_SEED = 20261125
@@ -50,6 +59,53 @@ def defects_heldout_set(n: int = 12, shape: int = 384, seed: int = HELDOUT_SEED)
         out.append(defects_sample((shape, shape), rng, dtype=(np.uint8, np.uint16)[i % 2],
                                   surface=SURFACES[i % len(SURFACES)], clean_probability=0.0))
     return out
+
+
+def disc_image(side: int = 2300, seed: int = 0, n: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    """Grey uint8 flat discs and their ground truth, drawn exactly like the acceptance check.
+
+    Background 20, ``n`` discs of value 170 with radius² in [36, 196) at uniform centres,
+    Gaussian noise σ = 5 (``slide()`` in the project's ``check_contract.py``, same RNG calls;
+    its default ``side=2300, seed=0, n=120`` gives the same pixels). Overlapping discs fuse
+    into one bright blob, so the truth is the connected components of the disc union.
+
+    Returns
+    -------
+    image : (Y, X) uint8 ndarray
+    truth : (Y, X) int32 ndarray
+        Instance labels.
+    """
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:side, :side]
+    img = np.full((side, side), 20, np.float32)
+    for cy, cx in rng.integers(20, side - 20, (n, 2)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(36, 196)] = 170
+    truth = ndi.label(img > 100)[0].astype(np.int32)
+    img = np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
+    return img, truth
+
+
+def heldout_discs(models: list[str], side: int = 2300, seed: int = 0, n: int = 120,
+                  mpp: float = 0.5) -> dict[str, dict[str, float]]:
+    """AP@0.5, precision, recall and counts of each model on :func:`disc_image` (at ``mpp``)."""
+    import torch
+
+    from segpipe.models import load_model
+    from segpipe.predict import segment_array
+
+    torch.set_num_threads(1)
+    image, truth = disc_image(side, seed, n)
+    result = {}
+    for name in models:
+        model = load_model(name, device="cpu")
+        pred = segment_array(image, model=model, mpp=mpp)
+        m = instance_metrics(truth, pred)
+        result[name] = {"ap_0.5": float(m["ap"]["0.5"]), "precision_0.5": float(m["precision"]["0.5"]),
+                        "recall_0.5": float(m["recall"]["0.5"]), "n_true": float(m["n_true"]),
+                        "n_pred": float(m["n_pred"])}
+    return result
 
 
 def _pool(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -128,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m segpipe.train.heldout MODEL [MODEL ...] [--kind nuclei|defects]``."""
     p = argparse.ArgumentParser(prog="python -m segpipe.train.heldout")
     p.add_argument("models", nargs="+", help="built-in names or weights files")
-    p.add_argument("--kind", choices=("nuclei", "defects"), default="nuclei")
+    p.add_argument("--kind", choices=("nuclei", "defects", "discs"), default="nuclei")
     p.add_argument("--n", type=int, default=None, help="number of held-out images")
     p.add_argument("--json", default=None, help="also write the metrics to this file")
     args = p.parse_args(argv)
     if args.kind == "nuclei":
         res: dict[str, Any] = heldout_nuclei(args.models, n=args.n or 20)
+    elif args.kind == "discs":
+        res = heldout_discs(args.models, n=args.n or 120)
     else:
         res = heldout_defects(args.models, n=args.n or 12)
     text = json.dumps(res, indent=2)

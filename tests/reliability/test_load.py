@@ -5,7 +5,7 @@ run's whole process tree (flow, Dask scheduler, nanny and worker processes) ever
 and the peak is printed (``-s`` shows it) and asserted under a bound. "One by one" is the
 in-memory ``segpipe.segment_array`` of each image: same object count and areas per image.
 
-Default run: 30 small PNGs. ``-m slow``: 1,000 small PNGs, two 8k² slides; set
+Default run: 20 small PNGs. ``-m slow``: 1,000 small PNGs, two 8k² slides; set
 ``RELIABILITY_SLIDE_SIDE=32768`` for the 32k² case.
 """
 
@@ -120,7 +120,7 @@ def _many_small(n: int, tmp_path: Path, popen_env, concurrency: int) -> None:
 
 
 def test_many_small_images(tmp_path, popen_env):
-    _many_small(30, tmp_path, popen_env, concurrency=4)
+    _many_small(20, tmp_path, popen_env, concurrency=4)
 
 
 @pytest.mark.slow
