@@ -18,6 +18,7 @@ from segpipe import tables
 from segpipe.config import SegpipeConfig, load_config
 from segpipe.lock import ResultsLock
 from segpipe.pipeline import (
+    FALLBACK_MODEL,
     ImageOutcome,
     RunSummary,
     discover_items,
@@ -34,7 +35,6 @@ from segpipe.pipeline import (
 __all__ = ["archive_run", "run_images"]
 
 #: Model used when the default ``nuclei`` has no installed weights and no model was asked for.
-FALLBACK_MODEL = "classical"
 
 
 def run_images(items: list[Any], results: str, model: Any, config: SegpipeConfig, client: Any,

@@ -99,12 +99,17 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
                  overrides: dict[str, Any], verbose: bool) -> Any:
     from segpipe.config import load_config
 
-    load_config(config, overrides)  # every settings problem is reported before any work
+    cfg = load_config(config, overrides)  # every settings problem is reported before any work
+    from segpipe import tables
     from segpipe.io import exists
+    from segpipe.pipeline import FALLBACK_MODEL, resolve_model
 
     if not exists(source):
         raise ConfigError(f"archive source {source!r} does not exist; check the path or URL")
     _check_free(results)
+    # A bad weights file or an unwritable RESULTS is one line here, not a Prefect traceback.
+    resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
+    tables.init_results(results)
     _prefect_quiet(verbose)
     from flows import archive_run, set_reporter
     from segpipe.cli._progress import LineReporter, RichReporter, make_reporter

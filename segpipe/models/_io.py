@@ -163,11 +163,16 @@ def _load_cached(kind: str, key: str, mtime_ns: int, device: str) -> Model:
 
 
 def _read_state_dict(weights: Path, card: ModelCard) -> Mapping[str, torch.Tensor]:
-    if card.sha256 is None:
+    state = _read_tensors(weights, card)
+    if card.sha256 is None:  # after loading: a refused file gets its error alone
         warnings.warn(
             f"{weights}: its card has no sha256, the weights are not verified", stacklevel=3
         )
-    else:
+    return state
+
+
+def _read_tensors(weights: Path, card: ModelCard) -> Mapping[str, torch.Tensor]:
+    if card.sha256 is not None:
         actual = sha256_file(weights)
         if actual != card.sha256:
             raise WeightsIntegrityError(
@@ -182,7 +187,9 @@ def _read_state_dict(weights: Path, card: ModelCard) -> Mapping[str, torch.Tenso
                 f"{weights}: not a readable safetensors file ({exc})"
             ) from None
     try:
-        obj: Any = torch.load(weights, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol notes: the error says it all
+            warnings.simplefilter("ignore")
+            obj: Any = torch.load(weights, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise WeightsIntegrityError(
             f"{weights}: refused — the pickle contains code or objects, not only tensors "

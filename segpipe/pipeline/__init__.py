@@ -14,6 +14,7 @@ from segpipe.pipeline._run import (
     summarise,
 )
 from segpipe.pipeline._stages import (
+    FALLBACK_MODEL,
     LABELS_NAME,
     ImageOutcome,
     ModelRef,
@@ -34,6 +35,7 @@ from segpipe.pipeline._stages import (
 __all__ = [
     "ArchiveItem",
     "ImageOutcome",
+    "FALLBACK_MODEL",
     "LABELS_NAME",
     "ModelRef",
     "Progress",

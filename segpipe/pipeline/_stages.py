@@ -41,6 +41,7 @@ __all__ = [
     "one_line",
     "is_transient",
     "new_run_id",
+    "FALLBACK_MODEL",
     "LABELS_NAME",
 ]
 
@@ -115,6 +116,10 @@ def new_run_id() -> str:
 def image_url(results: str, image_id: str) -> str:
     """URL of an image's OME-Zarr in a results folder."""
     return f"{str(results).rstrip('/')}/images/{image_id}.ome.zarr"
+
+
+FALLBACK_MODEL = "classical"
+"""Used by a run that names no model when the default's weights are not installed."""
 
 
 def resolve_model(name: str, *, fallback: str | None = None) -> ModelRef:

@@ -166,9 +166,6 @@ def _bad_models(tmp_path: Path) -> tuple[Path, Path, Path]:
     return bad_sha, evil, marker
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "flows/archive.py: resolve_model runs inside the Prefect flow, so a WeightsIntegrityError is "
-    "logged by Prefect with a full traceback on stderr before the CLI's one red line"))
 def test_bad_model_files_stop_before_work(tmp_path, run_segpipe, one_run):
     """Card sha256 mismatch / pickle with code: refused, never executed, RESULTS untouched, one line."""
     archive, results, before = one_run
@@ -178,7 +175,7 @@ def test_bad_model_files_stop_before_work(tmp_path, run_segpipe, one_run):
     outputs = _check_refused(cases, archive, results, run_segpipe)
     assert not marker.exists(), "the pickle's code ran"
     assert _tree(results) == before  # nothing written, nothing lost
-    for case, lines in outputs.items():  # the xfail: Prefect's traceback comes first
+    for case, lines in outputs.items():  # checked before Prefect starts: no traceback
         assert len(lines) == 1 and "Traceback" not in "\n".join(lines), (case, lines[:3])
 
 
