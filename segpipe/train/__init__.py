@@ -4,8 +4,9 @@
 >>> result = train(preset_config("nuclei", out="my/nuclei.safetensors", steps=200))  # doctest: +SKIP
 >>> result.best_metrics["ap50"]                                # doctest: +SKIP
 
-``python -m segpipe.train --preset nuclei --out segpipe/models/weights/nuclei`` reproduces the
-built-in weights (see docs/models.md).
+``python -m segpipe.train --preset nuclei --out my/nuclei`` trains the built-in recipe; the
+exact commands behind the shipped weights are in docs/models.md and in each card's
+``training`` field.
 """
 
 from segpipe.train._augment import instance_target, stain_jitter
