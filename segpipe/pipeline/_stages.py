@@ -25,6 +25,7 @@ from segpipe.errors import SegpipeError
 
 if TYPE_CHECKING:
     from segpipe.infer import SegmentResult
+    from segpipe.ingest import ImageMeta
 
 __all__ = [
     "skipped_rows",
@@ -147,15 +148,6 @@ def resolve_model(name: str, *, fallback: str | None = None) -> ModelRef:
     return ModelRef(name=shown, sha256=getattr(card, "sha256", None), source=None if name in builtin else str(name))
 
 
-def _attr(entry: Any, *names: str, default: Any = None) -> Any:
-    for n in names:
-        if isinstance(entry, dict) and n in entry:
-            return entry[n]
-        if hasattr(entry, n):
-            return getattr(entry, n)
-    return default
-
-
 def plan_run(entries: Sequence[Any], states: dict[str, dict[str, Any]], model: ModelRef,
              config: SegpipeConfig) -> tuple[list[Any], list[Any]]:
     """Split discovered entries into (to_run, to_skip).
@@ -167,9 +159,9 @@ def plan_run(entries: Sequence[Any], states: dict[str, dict[str, Any]], model: M
     chash = config_hash(config)
     to_run, to_skip = [], []
     for entry in entries:
-        state = states.get(_attr(entry, "image_id"))
+        state = states.get(entry.image_id)
         same = (state is not None and state.get("status") == "done"
-                and state.get("fingerprint") == _attr(entry, "fingerprint")
+                and state.get("fingerprint") == entry.fingerprint
                 and state.get("model") == model.name
                 and (state.get("model_sha256") or None) == (model.sha256 or None)
                 and state.get("config_hash") == chash)
@@ -273,8 +265,8 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
     from segpipe import tables
 
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
-    source_uri = entry if isinstance(entry, str) else str(_attr(entry, "uri", "source_uri", "url"))
-    fingerprint = None if isinstance(entry, str) else _attr(entry, "fingerprint")
+    source_uri = entry if isinstance(entry, str) else entry.uri
+    fingerprint = None if isinstance(entry, str) else entry.fingerprint
     run = stage_runner or (lambda _name, thunk: thunk())
     zarr_url = image_url(results, image_id)
     started = datetime.now(timezone.utc)
@@ -324,13 +316,9 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
         return ImageOutcome(image_id, source_uri, "failed", error, 0, seconds, None, zarr_url, timings)
 
 
-def _meta_columns(meta: Any) -> dict[str, Any]:
-    shape = _attr(meta, "shape")
-    dtype = _attr(meta, "dtype")
-    out = {"mpp": _attr(meta, "mpp"), "n_channels": _attr(meta, "n_channels"),
-           "modality": _attr(meta, "modality"), "dtype": None if dtype is None else str(dtype)}
-    if shape is not None:
-        out["height"], out["width"] = int(shape[-2]), int(shape[-1])
+def _meta_columns(meta: ImageMeta) -> dict[str, Any]:
+    out = {"mpp": meta.mpp, "n_channels": meta.n_channels, "modality": meta.modality,
+           "dtype": str(meta.dtype), "height": int(meta.shape[0]), "width": int(meta.shape[1])}
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -338,11 +326,11 @@ def skipped_rows(entries: Iterable[Any], states: dict[str, dict[str, Any]], run_
     """The ``skipped`` rows recording that a run left unchanged images alone."""
     rows = []
     for entry in entries:
-        image_id = _attr(entry, "image_id")
+        image_id = entry.image_id
         prev = states.get(image_id, {})
         rows.append({"image_id": image_id, "run_id": run_id, "status": "skipped",
-                     "source_uri": str(_attr(entry, "uri", "source_uri", "url")),
-                     "fingerprint": _attr(entry, "fingerprint"),
+                     "source_uri": entry.uri,
+                     "fingerprint": entry.fingerprint,
                      "image_uri": prev.get("image_uri"), "labels_uri": prev.get("labels_uri"),
                      "n_regions": prev.get("n_regions"), "model": prev.get("model"),
                      "model_sha256": prev.get("model_sha256"), "config_hash": prev.get("config_hash")})
