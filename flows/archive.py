@@ -1,4 +1,10 @@
-"""The nightly archive run: discover, skip unchanged, segment the rest, report."""
+"""The nightly archive run: discover, skip unchanged, segment the rest, report.
+
+Small images (at most :data:`segpipe.pipeline.FAST_MAX_BLOCKS` level-0 blocks) go to the
+cluster as one Dask task each (:func:`flows.image.segment_small_images`): for them the
+orchestration would otherwise cost more than the work. Larger ones run stage by stage as
+``segment-image`` Prefect tasks. Skipped rows are written as one batch per run.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
-from flows.image import segment_image
+from flows.image import segment_image, segment_small_images
 from flows.progress import get_reporter
 from segpipe import tables
 from segpipe.config import SegpipeConfig, load_config
@@ -39,7 +45,26 @@ __all__ = ["archive_run", "run_images"]
 
 def run_images(items: list[Any], results: str, model: Any, config: SegpipeConfig, client: Any,
                run_id: str, lock: ResultsLock | None = None,
-               storage_options: dict[str, Any] | None = None) -> list[ImageOutcome]:
+               storage_options: dict[str, Any] | None = None, fast: bool = True) -> list[ImageOutcome]:
+    """Segment ``items``: small images as one Dask task each, the others as Prefect tasks.
+
+    With a client and ``fast``, every image first goes to the cluster as one whole-image
+    task (:func:`segpipe.pipeline.small_image_task`, gathered by one Prefect task); those
+    larger than :data:`segpipe.pipeline.FAST_MAX_BLOCKS` blocks come back untouched and,
+    like every image without the fast path, run as a ``segment-image`` Prefect task with
+    per-stage retries, at most ``config.run.concurrency`` at once.
+    """
+    outcomes: list[ImageOutcome] = []
+    rest = list(items)
+    if fast and client is not None and rest:
+        small, rest = segment_small_images(rest, results, model, config, client, run_id, lock, storage_options)
+        outcomes += small
+    return outcomes + _run_image_tasks(rest, results, model, config, client, run_id, lock, storage_options)
+
+
+def _run_image_tasks(items: list[Any], results: str, model: Any, config: SegpipeConfig, client: Any,
+                     run_id: str, lock: ResultsLock | None = None,
+                     storage_options: dict[str, Any] | None = None) -> list[ImageOutcome]:
     """Submit images as Prefect tasks, at most ``config.run.concurrency`` at once."""
     reporter = get_reporter()
     logger = get_run_logger()
@@ -122,8 +147,7 @@ def archive_run(source: str, results: str, model: str | None = None, config: str
         logger.info("run %s: %d images, %d to segment, %d unchanged", run_id, len(items), len(to_run), len(to_skip))
         tables.write_run_row(results, run_row(run_id, source, results, ref, cfg, "running", started,
                                               n_images=len(items), n_skipped=len(to_skip)))
-        for row in skipped_rows(to_skip, states, run_id):
-            tables.write_image_row(results, row)
+        tables.write_skipped_rows(results, run_id, skipped_rows(to_skip, states, run_id))
         get_reporter().run_started(run_id, len(to_run), len(to_skip))
         outcomes: list[ImageOutcome] = []
         client = None

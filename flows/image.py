@@ -6,6 +6,7 @@ stages of an image (never a task per tile), and only in the flow process.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from flows import _env  # noqa: F401  (Prefect settings before prefect is import
 from segpipe.config import SegpipeConfig
 from segpipe.pipeline import ImageOutcome, ModelRef, is_transient, one_line, process_image
 
-__all__ = ["run_stage", "segment_image"]
+__all__ = ["run_stage", "segment_image", "segment_small_images"]
 
 
 def _transient(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -81,3 +82,69 @@ def segment_image(item: Any, image_id: str, results: str, model: ModelRef, confi
     except Exception as exc:
         logger.warning("%s: no artifact: %s", image_id, one_line(exc))
     return outcome
+
+
+@task(name="segment-small-images", cache_policy=NONE)
+def segment_small_images(items: list[Any], results: str, model: ModelRef, config: SegpipeConfig, client: Any,
+                         run_id: str, lock: Any = None, storage_options: dict[str, Any] | None = None,
+                         ) -> tuple[list[ImageOutcome], list[Any]]:
+    """Each image as ONE Dask task (:func:`segpipe.pipeline.small_image_task`), gathered here.
+
+    One Prefect task for the whole batch instead of four per image; retries of transient
+    errors happen per stage inside the Dask task, as in :func:`segment_image`.
+
+    Returns
+    -------
+    (list of ImageOutcome, list of items)
+        The outcomes of the images done here, and the items left to the normal path
+        (larger than the fast path takes, or whose task was lost with its worker).
+    """
+    from distributed import as_completed
+
+    from flows.progress import get_reporter
+    from segpipe.pipeline import small_image_task
+
+    logger = get_run_logger()
+    reporter = get_reporter()
+    token = os.urandom(3).hex()
+    futures = {client.submit(small_image_task, item, item.image_id, results, model, config, run_id,
+                             storage_options, key=f"segpipe-image-{item.image_id}-{token}", pure=False): item
+               for item in items}  # fmt: skip
+    outcomes: list[ImageOutcome] = []
+    left: list[Any] = []
+    for fut in as_completed(list(futures)):
+        item = futures.pop(fut)
+        if lock is not None and lock.lost.is_set():
+            logger.error("the results lock was taken over; not waiting for %d more images", len(futures) + 1)
+            client.cancel(list(futures) + [fut])
+            break
+        try:
+            outcome = fut.result()
+        except Exception as exc:  # the task was lost (worker died too often…): the normal path retries it
+            logger.warning("%s: whole-image task lost (%s); running it stage by stage", item.image_id, one_line(exc))
+            left.append(item)
+            continue
+        if outcome is None:
+            left.append(item)
+            continue
+        outcomes.append(outcome)
+        if outcome.status == "failed":
+            logger.error("%s: failed: %s", item.image_id, outcome.error)
+        reporter.image_finished(outcome)
+    if outcomes:
+        try:
+            _batch_artifact(outcomes)
+        except Exception as exc:
+            logger.warning("no artifact for the small images: %s", one_line(exc))
+    logger.info("%d small image(s) done as whole-image tasks, %d left to the stage-by-stage path",
+                len(outcomes), len(left))  # fmt: skip
+    return outcomes, left
+
+
+def _batch_artifact(outcomes: list[ImageOutcome]) -> None:
+    head = "| image | status | regions | seconds | error |\n|---|---|---|---|---|\n"
+    rows = [f"| {o.image_id} | {o.status} | {o.n_regions} | {o.seconds:.1f} | {(o.error or '').replace('|', '/')} |"
+            for o in outcomes[:1000]]  # fmt: skip
+    more = f"\n\n{len(outcomes) - 1000} more not shown" if len(outcomes) > 1000 else ""
+    create_markdown_artifact(f"### small images ({len(outcomes)})\n\n{head}" + "\n".join(rows) + more + "\n",
+                             key="segpipe-small-images", description="segpipe images done as whole-image tasks")

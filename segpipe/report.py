@@ -12,6 +12,7 @@ import html
 import io
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -63,8 +64,9 @@ def _when(value: datetime | None) -> str:
 
 
 def _data_uri(image: Any) -> str:
+    # zlib level 3: ~10x faster than optimize=True and no larger on noisy thumbnails
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG", compress_level=3)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -318,9 +320,11 @@ def render_report(
                         *[dict(r.get("timings") or {}).get(k) for k in timing_keys]] for r in images],
                       numeric={2, 3, *range(4, 4 + len(timing_keys))}))  # fmt: skip
     out.append(f'<h2 id="images">Images ({len(images)})</h2>')
-    for i, row in enumerate(images):
-        out.append(_image_section(results, row, regions.get(row["image_id"]), edges, unit,
-                                  draw=i < MAX_IMAGES, storage_options=storage_options))  # fmt: skip
+    # the pictures (zarr reads, contour drawing, PNG encoding) release the GIL: draw a few at once
+    with ThreadPoolExecutor(max_workers=min(4, max(1, len(images)))) as pool:
+        out.extend(pool.map(lambda ir: _image_section(
+            results, ir[1], regions.get(ir[1]["image_id"]), edges, unit, draw=ir[0] < MAX_IMAGES,
+            storage_options=storage_options), enumerate(images)))  # fmt: skip
     if len(images) > MAX_IMAGES:
         out.append(
             f'<div class="muted">pictures shown for the first {MAX_IMAGES} images only</div>'

@@ -171,3 +171,197 @@ def test_default_model_falls_back_when_weights_missing():
         assert ref.name == "nuclei" and ref.fallback_note is None
     else:
         assert ref.name == "classical" and "nuclei" in ref.fallback_note
+
+
+# -- the small-image fast path ------------------------------------------------------------------
+def _zarr_tree(root):
+    """Relative file paths of an OME-Zarr store, and every zarr.json's content."""
+    import json
+    from pathlib import Path
+
+    root = Path(root)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    meta = {f: json.loads((root / f).read_text()) for f in files if f.endswith("zarr.json")}
+    return files, meta
+
+
+def _arrays(root):
+    import zarr
+
+    out = {}
+
+    def walk(group, prefix):
+        for name, node in group.members():
+            if isinstance(node, zarr.Array):
+                out[prefix + name] = np.asarray(node[...])
+            else:
+                walk(node, prefix + name + "/")
+
+    walk(zarr.open_group(str(root), mode="r"), "")
+    return out
+
+
+VOLATILE = {"run_id", "started_at", "finished_at", "updated_at", "duration_s", "timings"}
+
+
+def test_fast_path_equals_normal_path(archive, tmp_path, cfg, dask_client):
+    """One whole-image Dask task writes the same OME-Zarr, labels, regions and image row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from segpipe.pipeline import fits_fast_path, small_image_task
+
+    item = discover_items(str(archive), cfg)[0]  # 400² px in 256-px chunks: 4 blocks, stitched
+    assert fits_fast_path((400, 400), cfg) and not fits_fast_path((400, 1400), cfg)
+    ref = resolve_model("classical")
+    normal, fast = str(tmp_path / "normal"), str(tmp_path / "fast")
+    for results in (normal, fast):
+        tables.init_results(results)
+    a = process_image(item, item.image_id, normal, ref, cfg, dask_client, "run-1")
+    b = dask_client.submit(small_image_task, item, item.image_id, fast, ref, cfg, "run-2", pure=False).result()
+    assert a.status == b.status == "done" and a.n_regions == b.n_regions > 0
+
+    files_a, meta_a = _zarr_tree(image_url(normal, item.image_id))
+    files_b, meta_b = _zarr_tree(image_url(fast, item.image_id))
+    assert files_a == files_b and meta_a == meta_b
+    arrays_a, arrays_b = _arrays(image_url(normal, item.image_id)), _arrays(image_url(fast, item.image_id))
+    assert sorted(arrays_a) == sorted(arrays_b) and any(k.startswith("labels/") for k in arrays_a)
+    for key, arr in arrays_a.items():
+        np.testing.assert_array_equal(arr, arrays_b[key], err_msg=key)
+
+    ra = pq.read_table(f"{normal}/tables/regions/a/run-1.parquet").drop(["run_id"])
+    rb = pq.read_table(f"{fast}/tables/regions/a/run-2.parquet").drop(["run_id"])
+    assert ra.schema == rb.schema and ra.num_rows == rb.num_rows
+    for name in ra.column_names:  # NaN (area_um2 without µm/px) equals NaN here
+        np.testing.assert_array_equal(np.asarray(ra.column(name).to_pylist(), dtype=float)
+                                      if pa.types.is_floating(ra.schema.field(name).type)
+                                      else np.asarray(ra.column(name).to_pylist(), dtype=object),
+                                      np.asarray(rb.column(name).to_pylist(), dtype=float)
+                                      if pa.types.is_floating(ra.schema.field(name).type)
+                                      else np.asarray(rb.column(name).to_pylist(), dtype=object), err_msg=name)
+    row_a, row_b = _states(normal)["a"], _states(fast)["a"]
+    assert sorted(row_a) == sorted(row_b)
+
+    def same(row, results):  # the URIs differ only by the results folder
+        return {k: v.replace(results, "RESULTS") if isinstance(v, str) else v
+                for k, v in row.items() if k not in VOLATILE}
+
+    assert same(row_a, normal) == same(row_b, fast)
+    assert sorted(row_a["timings"]) == sorted(row_b["timings"])
+
+
+def test_fast_path_leaves_large_images_alone(archive, tmp_path, cfg):
+    from segpipe.pipeline import small_image_task
+
+    item = discover_items(str(archive), cfg)[0]
+    small = load_config(None, {**OVERRIDES, "ingest.chunk": 64})  # 400² px = 49 blocks of 64²
+    results = str(tmp_path / "results")
+    assert small_image_task(item, item.image_id, results, resolve_model("classical"), small, "run-1") is None
+    assert not os.path.exists(results)  # nothing written
+
+
+def test_fast_path_bad_image_fails_alone(archive, tmp_path, cfg):
+    from segpipe.pipeline import small_image_task
+
+    broken = [i for i in discover_items(str(archive), cfg) if i.image_id == "broken"][0]
+    results = str(tmp_path / "results")
+    tables.init_results(results)
+    # an unreadable header: left to the normal path, which records the failure
+    assert small_image_task(broken, "broken", results, resolve_model("classical"), cfg, "run-1") is None
+
+
+def test_retrying_runner_retries_only_transient():
+    from segpipe.pipeline import retrying_runner
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("reset by peer")
+        return "ok"
+
+    assert retrying_runner(2, 0)("ingest", flaky) == "ok" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(ConnectionError):
+        retrying_runner(1, 0)("ingest", flaky)
+    with pytest.raises(ImageReadError):
+        retrying_runner(5, 0)("ingest", lambda: (calls.append(1), (_ for _ in ()).throw(ImageReadError("bad"))))
+    assert len(calls) == 2 + 1
+
+
+def test_skipped_rows_are_one_file_per_run(archive, tmp_path, cfg):
+    from segpipe.pipeline import skipped_rows
+
+    results = str(tmp_path / "results")
+    tables.init_results(results)
+    items = discover_items(str(archive), cfg)
+    tables.write_skipped_rows(results, "run-9", skipped_rows(items, {}, "run-9"))
+    assert os.listdir(f"{results}/tables/images") == ["_skipped"]
+    con = tables.open_results(results)
+    assert con.execute("select count(*), min(status), max(status) from images").fetchall() == [(3, "skipped", "skipped")]
+    assert _states(results) == {}  # skipped rows are no image's state
+    with pytest.raises(Exception, match="skipped"):
+        tables.write_skipped_rows(results, "run-9", [{"image_id": "a", "run_id": "run-9", "status": "done"}])
+
+
+def test_peek_model_matches_resolve_model_without_torch():
+    import subprocess
+    import sys
+
+    from segpipe.models import BUILTIN_CARDS, is_installed
+    from segpipe.models._registry import needs_weights
+    from segpipe.pipeline import BUILTIN_MODELS, peek_model
+
+    assert BUILTIN_MODELS == {name: needs_weights(card) for name, card in BUILTIN_CARDS.items()}
+    for name in BUILTIN_MODELS:
+        if is_installed(name):
+            assert peek_model(name) == resolve_model(name)
+        assert peek_model(name, fallback="classical") == resolve_model(name, fallback="classical")
+    assert peek_model("/some/weights.safetensors") is None
+    code = ("import sys; from segpipe.pipeline import peek_model; peek_model('nuclei'); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_fast_path_writes_nothing_once_another_run_holds_the_lock(archive, tmp_path, cfg):
+    from segpipe.lock import ResultsLock
+    from segpipe.pipeline import small_image_task
+
+    item = discover_items(str(archive), cfg)[0]
+    results = str(tmp_path / "results")
+    tables.init_results(results)
+    with ResultsLock(results, owner="run-2"):
+        out = small_image_task(item, item.image_id, results, resolve_model("classical"), cfg, "run-1")
+    assert out.status == "failed" and "run-2" in out.error
+    assert _states(results) == {} and not os.path.exists(image_url(results, "a"))
+
+
+def test_noop_run_is_recorded_without_the_flow(archive, tmp_path, cfg):
+    from segpipe.pipeline import plan_archive, record_noop_run
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("a.tif", "b.tif"):
+        os.link(archive / name, folder / name)
+    results = str(tmp_path / "results")
+    plan = plan_archive(str(folder), results, None, cfg)  # no tables yet: everything to run
+    assert plan is not None and [i.image_id for i in plan.to_run] == ["a", "b"]
+    tables.init_results(results)
+    for item in plan.items:
+        assert process_image(item, item.image_id, results, plan.model, cfg, None, "run-1").status == "done"
+    plan = plan_archive(str(folder), results, None, cfg)
+    assert plan.to_run == [] and len(plan.to_skip) == 2
+    summary = record_noop_run(plan)
+    assert (summary.done, summary.skipped, summary.failed, summary.status) == (0, 2, 0, "done")
+    assert summary.report and os.path.exists(summary.report)
+    con = tables.open_results(results)
+    assert con.execute("select status, n_skipped from runs where run_id = ?", [summary.run_id]).fetchall() == [
+        ("done", 2)]
+    assert con.execute("select count(*) from images where run_id = ? and status = 'skipped'",
+                       [summary.run_id]).fetchall() == [(2,)]
+    assert _states(results)["a"]["run_id"] == "run-1"  # skipped rows are no state
+    # the plan no longer holds under the lock (an image changed meanwhile): nothing is written
+    tables.write_image_row(results, {**_states(results)["a"], "run_id": "run-3", "status": "failed"})
+    assert record_noop_run(plan) is None
+    assert plan_archive(str(folder), results, "/no/such/weights.safetensors", cfg) is None

@@ -7,8 +7,10 @@ red line on stderr and exit status 1 (2 for usage errors), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -95,38 +97,72 @@ def _check_free(results: str) -> None:
         raise ResultsLockedError(info.describe(results))
 
 
+def _boot_prefect() -> None:
+    from flows._server import boot_api_server
+
+    boot_api_server()
+
+
 def _run_archive(source: str, results: str, model: str | None, config: Path | None,
                  overrides: dict[str, Any], verbose: bool) -> Any:
     from segpipe.config import load_config
 
     cfg = load_config(config, overrides)  # every settings problem is reported before any work
-    from segpipe import tables
     from segpipe.io import exists
-    from segpipe.pipeline import FALLBACK_MODEL, resolve_model
 
     if not exists(source):
         raise ConfigError(f"archive source {source!r} does not exist; check the path or URL")
     _check_free(results)
-    # A bad weights file or an unwritable RESULTS is one line here, not a Prefect traceback.
-    resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
-    tables.init_results(results)
-    _prefect_quiet(verbose)
-    from flows import archive_run, set_reporter
-    from segpipe.cli._progress import LineReporter, RichReporter, make_reporter
+    # Plan first (no torch, no Prefect, no cluster): a rerun with nothing to do ends here.
+    from segpipe.pipeline import plan_archive, record_noop_run
 
-    reporter = make_reporter()
-    set_reporter(reporter)
-    try:
-        if isinstance(reporter, RichReporter):
-            with reporter:
+    plan = plan_archive(source, results, model, cfg)
+    if plan is not None and not plan.to_run:
+        _prefect_quiet(verbose)
+        summary = record_noop_run(plan)
+        if summary is not None:
+            return summary
+    from segpipe import tables
+    from segpipe.pipeline import FALLBACK_MODEL, prestart_client, resolve_model
+
+    _prefect_quiet(verbose)
+    # Prefect's API server boots (a subprocess) while the model is checked and the Dask cluster
+    # (with the model on its workers) starts; the flow waits for both only when it needs them.
+    api = threading.Thread(target=_boot_prefect, name="segpipe-prefect-api", daemon=True)
+    api.start()
+    checked = False
+    if plan is None:  # a weights file: check it before starting anything
+        ref = resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
+        tables.init_results(results)
+        checked = True
+    else:
+        ref = plan.model
+    device = None if cfg.infer.device == "auto" else cfg.infer.device
+    cluster: Any = prestart_client(cfg, warm_model=ref.load_name, device=device)
+    if plan is not None and not plan.to_run:  # the no-op run lost a race: no cluster needed
+        cluster = contextlib.nullcontext()
+    with cluster:
+        if not checked:
+            # A bad weights file or an unwritable RESULTS is one line here, not a Prefect traceback.
+            resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
+            tables.init_results(results)
+        api.join()
+        from flows import archive_run, set_reporter
+        from segpipe.cli._progress import LineReporter, RichReporter, make_reporter
+
+        reporter = make_reporter()
+        set_reporter(reporter)
+        try:
+            if isinstance(reporter, RichReporter):
+                with reporter:
+                    summary = archive_run(source, results, model=model, config=str(config) if config else None,
+                                          overrides=overrides)
+            else:
+                assert isinstance(reporter, LineReporter)
                 summary = archive_run(source, results, model=model, config=str(config) if config else None,
                                       overrides=overrides)
-        else:
-            assert isinstance(reporter, LineReporter)
-            summary = archive_run(source, results, model=model, config=str(config) if config else None,
-                                  overrides=overrides)
-    finally:
-        set_reporter(None)
+        finally:
+            set_reporter(None)
     return summary
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -15,7 +16,7 @@ from typing import Any
 from segpipe.config import SegpipeConfig, config_hash, results_settings
 from segpipe.pipeline._stages import ImageOutcome, ModelRef
 
-__all__ = ["ArchiveItem", "RunSummary", "discover_items", "open_client", "run_row", "summarise"]
+__all__ = ["ArchiveItem", "RunSummary", "discover_items", "open_client", "prestart_client", "run_row", "summarise"]
 
 log = logging.getLogger("segpipe.pipeline")
 
@@ -85,12 +86,7 @@ def discover_items(source: str, config: SegpipeConfig,
 
 
 @contextlib.contextmanager
-def open_client(config: SegpipeConfig) -> Iterator[Any]:
-    """A Dask client: to ``run.cluster`` when set, else on a LocalCluster started here.
-
-    The local cluster is sized by :func:`segpipe.cluster.connect` (GPU-aware) unless
-    ``run.n_workers`` / ``run.threads_per_worker`` say otherwise; it stops on exit.
-    """
+def _start_client(config: SegpipeConfig) -> Iterator[Any]:
     import importlib.util
 
     from segpipe.cluster import cluster_client
@@ -99,6 +95,86 @@ def open_client(config: SegpipeConfig) -> Iterator[Any]:
     run = config.run
     with cluster_client(run.cluster, run.n_workers, run.threads_per_worker,
                         dashboard_address=dashboard) as client:
+        yield client
+
+
+class _Prestarted:
+    """A cluster being started on a thread (see :func:`prestart_client`)."""
+
+    def __init__(self, config: SegpipeConfig, warm_model: str | None, device: str | None) -> None:
+        self.config = config
+        self._cm: Any = None
+        self._warm: list[Any] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="segpipe-cluster")
+        self.future = self._pool.submit(self._start, warm_model, device)
+
+    def _start(self, warm_model: str | None, device: str | None) -> Any:
+        self._cm = _start_client(self.config)
+        client = self._cm.__enter__()
+        if warm_model is not None:  # load the model on every worker while Prefect starts
+            with contextlib.suppress(Exception):
+                self._warm = [client.submit(warm_worker, warm_model, device, workers=[addr],
+                                            allow_other_workers=False, pure=False,
+                                            key=f"segpipe-warm-{i}-{time.time_ns()}")
+                              for i, addr in enumerate(client.scheduler_info().get("workers", {}))]  # fmt: skip
+        return client
+
+    def close(self) -> None:
+        try:
+            self.future.result()
+        except Exception:  # it never started: nothing to stop
+            pass
+        else:
+            self._warm = []
+            self._cm.__exit__(None, None, None)
+        finally:
+            self._pool.shutdown(wait=False)
+
+
+_PRESTARTED: list[_Prestarted] = []
+
+
+def warm_worker(model: str, device: str | None) -> bool:
+    """Load ``model`` into a worker's cache (``load_model`` keeps one per process)."""
+    from segpipe.models import load_model
+
+    load_model(model, device=device)
+    return True
+
+
+@contextlib.contextmanager
+def prestart_client(config: SegpipeConfig, warm_model: str | None = None,
+                    device: str | None = None) -> Iterator[None]:
+    """Start the run's Dask cluster on a thread now; :func:`open_client` in this process uses it.
+
+    ``segpipe run`` wraps the flow in this so that the cluster (and, with ``warm_model``,
+    the model on every worker) starts while Prefect's API server does. The cluster stops
+    on exit. A start-up failure surfaces in :func:`open_client`, as it would have there.
+    """
+    pre = _Prestarted(config, warm_model, device)
+    _PRESTARTED.append(pre)
+    try:
+        yield
+    finally:
+        _PRESTARTED.remove(pre)
+        pre.close()
+
+
+@contextlib.contextmanager
+def open_client(config: SegpipeConfig) -> Iterator[Any]:
+    """A Dask client: to ``run.cluster`` when set, else on a LocalCluster started here.
+
+    The local cluster is sized by :func:`segpipe.cluster.connect` (GPU-aware) unless
+    ``run.n_workers`` / ``run.threads_per_worker`` say otherwise; it stops on exit. Inside
+    :func:`prestart_client` with the same cluster settings, that client is used (and left
+    running: ``prestart_client`` stops it).
+    """
+    for pre in _PRESTARTED:
+        if (pre.config.run.cluster, pre.config.run.n_workers, pre.config.run.threads_per_worker) == (
+                config.run.cluster, config.run.n_workers, config.run.threads_per_worker):
+            yield pre.future.result()
+            return
+    with _start_client(config) as client:
         yield client
 
 

@@ -4,6 +4,7 @@ Layout of a results folder (local path or ``s3://`` URL)::
 
     RESULTS/tables/regions/<image_id>/<run_id>.parquet   one file per image and run
     RESULTS/tables/images/<image_id>/<run_id>.parquet    one row: the image's status in that run
+    RESULTS/tables/images/_skipped/<run_id>.parquet      a run's skipped rows, one file per run
     RESULTS/tables/runs/<run_id>.parquet                 one row per run
 
 This package alone owns the schemas (:data:`REGIONS_SCHEMA`, :data:`IMAGES_SCHEMA`,
@@ -29,6 +30,7 @@ from segpipe.tables._write import (
     write_image_row,
     write_regions,
     write_run_row,
+    write_skipped_rows,
 )
 
 __all__ = [
@@ -51,4 +53,5 @@ __all__ = [
     "write_image_row",
     "write_regions",
     "write_run_row",
+    "write_skipped_rows",
 ]

@@ -145,6 +145,58 @@ def write_image_row(
     return results_path(fs, path)
 
 
+#: Folder (under ``tables/images/``) of the per-run batch files of ``skipped`` rows; its
+#: leading ``_`` keeps it apart from the image folders (image ids start alphanumeric).
+SKIPPED_FOLDER = "_skipped"
+
+
+def write_skipped_rows(
+    results: str | os.PathLike[str],
+    run_id: str,
+    rows: list[Mapping[str, Any]],
+    storage_options: dict[str, Any] | None = None,
+) -> str | None:
+    """Write all ``skipped`` rows of one run as ONE file, ``tables/images/_skipped/<run_id>.parquet``.
+
+    A run records every unchanged image it left alone; one file per run instead of one per
+    image keeps reruns of big archives cheap. Skipped rows never change the visibility of
+    regions (only ``done`` rows do), so batching them cannot expose half-written outputs.
+
+    Parameters
+    ----------
+    results : str or PathLike
+        Results folder, local path or ``s3://`` URL.
+    run_id : str
+        The run; every row must carry it.
+    rows : list of mapping
+        Image rows with ``status == "skipped"`` (see :func:`write_image_row`).
+    storage_options : dict, optional
+        fsspec options for remote results.
+
+    Returns
+    -------
+    str or None
+        URL of the file written; None when ``rows`` is empty (nothing is written).
+    """
+    check_id(run_id, "run_id")
+    if not rows:
+        return None
+    tables = []
+    for row in rows:
+        row = _with_defaults(row)
+        check_id(row.get("image_id"), "image_id")  # type: ignore[arg-type]
+        if row.get("run_id") != run_id or row.get("status") != "skipped":
+            raise ConfigError(
+                f"skipped-rows batch of run {run_id!r} got a row with run_id={row.get('run_id')!r}, "
+                f"status={row.get('status')!r}; only this run's skipped rows belong in it"
+            )
+        tables.append(_row_table(row, IMAGES_SCHEMA, "images"))
+    fs, root = resolve(results, storage_options)
+    path = f"{root}/tables/images/{SKIPPED_FOLDER}/{run_id}.parquet"
+    write_parquet_atomic(fs, path, pa.concat_tables(tables))
+    return results_path(fs, path)
+
+
 def write_run_row(
     results: str | os.PathLike[str],
     row: Mapping[str, Any],
