@@ -100,7 +100,7 @@ class RunSettings(_Stage):
 
     include: list[str] = Field(default_factory=list, description="Glob patterns (on paths relative to the source) of images to process; empty = every supported image.", json_schema_extra=_NO_RESULT)
     exclude: list[str] = Field(default_factory=list, description="Glob patterns of images to leave out.", json_schema_extra=_NO_RESULT)
-    concurrency: int = Field(2, ge=1, le=256, description="Images processed at once (their chunks share the Dask cluster).", json_schema_extra=_NO_RESULT)
+    concurrency: int = Field(2, ge=1, le=256, description="Large images processed at once (their chunks share the Dask cluster); small images (≤ 4 blocks) run one per Dask worker thread.", json_schema_extra=_NO_RESULT)
     content_hash: bool = Field(False, description="Fingerprint images by content hash instead of size + modification time.", json_schema_extra=_NO_RESULT)
     cluster: str | None = Field(None, description="Dask scheduler address (tcp://host:8786); None starts a LocalCluster.", json_schema_extra=_NO_RESULT)
     n_workers: int | None = Field(None, ge=1, le=256, description="Worker processes of the LocalCluster segpipe starts when no cluster is given; None sizes it to the machine (one per GPU, else one per 2 cores).", json_schema_extra=_NO_RESULT)
