@@ -52,12 +52,19 @@ def run_images(items: list[Any], results: str, model: Any, config: SegpipeConfig
     task (:func:`segpipe.pipeline.small_image_task`, gathered by one Prefect task); those
     larger than :data:`segpipe.pipeline.FAST_MAX_BLOCKS` blocks come back untouched and,
     like every image without the fast path, run as a ``segment-image`` Prefect task with
-    per-stage retries, at most ``config.run.concurrency`` at once.
+    per-stage retries, at most ``config.run.concurrency`` at once. With fewer images than
+    twice the cluster's worker threads, only single-block images take the fast path: a
+    whole-image task uses one thread, while the stage-by-stage path spreads an image's
+    blocks over every worker.
     """
     outcomes: list[ImageOutcome] = []
     rest = list(items)
     if fast and client is not None and rest:
-        small, rest = segment_small_images(rest, results, model, config, client, run_id, lock, storage_options)
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        threads = sum(w.get("nthreads", 1) for w in workers.values()) or 1
+        max_blocks = None if len(rest) >= 2 * threads else 1
+        small, rest = segment_small_images(rest, results, model, config, client, run_id, lock, storage_options,
+                                           max_blocks)
         outcomes += small
     return outcomes + _run_image_tasks(rest, results, model, config, client, run_id, lock, storage_options)
 

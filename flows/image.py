@@ -87,7 +87,7 @@ def segment_image(item: Any, image_id: str, results: str, model: ModelRef, confi
 @task(name="segment-small-images", cache_policy=NONE)
 def segment_small_images(items: list[Any], results: str, model: ModelRef, config: SegpipeConfig, client: Any,
                          run_id: str, lock: Any = None, storage_options: dict[str, Any] | None = None,
-                         ) -> tuple[list[ImageOutcome], list[Any]]:
+                         max_blocks: int | None = None) -> tuple[list[ImageOutcome], list[Any]]:
     """Each image as ONE Dask task (:func:`segpipe.pipeline.small_image_task`), gathered here.
 
     One Prefect task for the whole batch instead of four per image; retries of transient
@@ -107,8 +107,9 @@ def segment_small_images(items: list[Any], results: str, model: ModelRef, config
     logger = get_run_logger()
     reporter = get_reporter()
     token = os.urandom(3).hex()
+    extra = {} if max_blocks is None else {"max_blocks": max_blocks}
     futures = {client.submit(small_image_task, item, item.image_id, results, model, config, run_id,
-                             storage_options, key=f"segpipe-image-{item.image_id}-{token}", pure=False): item
+                             storage_options, **extra, key=f"segpipe-image-{item.image_id}-{token}", pure=False): item
                for item in items}  # fmt: skip
     outcomes: list[ImageOutcome] = []
     left: list[Any] = []
