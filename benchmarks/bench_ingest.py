@@ -9,7 +9,8 @@ then measures
 
 * raw decode: tifffile reading and decoding every level-0 tile in one thread;
 * ingest: :func:`segpipe.ingest.ingest_image` on a LocalCluster of ``--workers`` single-
-  threaded worker processes (all levels written, zstd);
+  threaded worker processes (all levels written, zstd), after a small warm-up ingest (so
+  worker start-up and imports are not counted; ``--cold`` counts them);
 * peak RSS summed over this process and all its child processes (psutil, sampled every
   50 ms) during the ingest.
 
@@ -121,6 +122,9 @@ def main() -> None:
     parser.add_argument("--shard", type=int, default=None)
     parser.add_argument("--compression", default="jpeg", help="TIFF tile compression")
     parser.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
+    parser.add_argument(
+        "--cold", action="store_true", help="no warm-up ingest: count worker start-up and imports"
+    )
     args = parser.parse_args()
     size = args.size or (32768 if args.big else 8192)
 
@@ -145,6 +149,10 @@ def main() -> None:
             ) as cluster,
             Client(cluster) as client,
         ):
+            if not args.cold:  # workers import readers / codecs and open a TIFF once
+                warm = Path(tmp) / "warm.tif"
+                write_pyramid(warm, 512, args.compression)
+                ingest_image(str(warm), str(Path(tmp) / "warm.ome.zarr"), client=client)
             base = sum(
                 p.memory_info().rss
                 for p in [psutil.Process(), *psutil.Process().children(recursive=True)]

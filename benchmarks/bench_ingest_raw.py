@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> Outcome:
     worst = min(speed.values())
     notes.insert(
         0,
-        f"Source: tiled (256²) zlib BigTIFF mosaics, one uint8 channel; ingest writes 1024² zstd chunks "
+        f"Source: tiled (256²) zlib BigTIFF mosaics, one uint16 channel; ingest writes 1024² zstd chunks "
         f"+ pyramid with {args.workers} Dask workers. The io owner's `python benchmarks/bench_ingest.py [--big]` measures "
         f"the same on an RGB JPEG-tiled pyramid (standalone, not part of this suite's timing budget).",
     )

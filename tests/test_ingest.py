@@ -245,3 +245,117 @@ def test_changed_source_is_reread_by_warm_workers(
     os.utime(path, (1_000_000, 1_000_000))
     ingest_image(str(path), url, IngestSpec(chunk=64, min_size=1024), client=dask_client)
     np.testing.assert_array_equal(_read_levels(url)[0], second)
+
+
+def _old_pyramid(level0: np.ndarray, levels: list[tuple[int, int]]) -> list[np.ndarray]:
+    """What ingest wrote before levels were built in the level-0 tasks: downsample2 of the
+    whole level above, level by level."""
+    out = [level0]
+    for _ in levels[1:]:
+        out.append(downsample2(out[-1]))
+    return out
+
+
+def _plan(name: str, n_levels: int) -> list[tuple[int, int]]:
+    """Task layouts for the pyramid test: level by level, deep groups, pairs."""
+    last = n_levels - 1
+    if name == "per-level":
+        return [(i, i) for i in range(n_levels)]
+    if name == "deep":
+        return [(0, 4), (5, last)]
+    return [(i, min(i + 1, last)) for i in range(0, n_levels, 2)]
+
+
+@pytest.mark.parametrize("plan", ["per-level", "deep", "pairs"])
+@pytest.mark.parametrize(
+    ("shape", "dtype", "shard"),
+    [
+        ((1, 517, 749), np.uint16, None),
+        ((3, 517, 749), np.uint8, 64),
+        ((1, 333, 501), np.float32, None),
+    ],
+)
+def test_grouped_pyramid_equals_level_by_level_downsampling(
+    tmp_path: Path,
+    io_helpers: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    plan: str,
+    shape: tuple[int, int, int],
+    dtype: Any,
+    shard: int | None,
+) -> None:
+    """Odd sizes, not multiples of the block (nor of the source tiles); every task layout
+    (see ``_phases``) gives the same levels as downsampling level 0 level by level, as
+    ingest did before, and both match the oracle."""
+    import tifffile
+
+    import segpipe.ingest as ingest
+
+    data = (
+        io_helpers.smooth_image(shape, dtype, seed=len(plan))
+        if dtype != np.float32
+        else (np.random.default_rng(3).random(shape, dtype=np.float32))
+    )
+    path = tmp_path / "odd.tif"
+    tifffile.imwrite(
+        path,
+        np.moveaxis(data, 0, -1) if shape[0] == 3 else data[0],
+        tile=(48, 80),
+        photometric="rgb" if shape[0] == 3 else "minisblack",
+        compression="zlib",
+    )
+    monkeypatch.setattr(ingest, "_phases", lambda grids, threads: _plan(plan, len(grids)))
+    url = str(tmp_path / "odd.ome.zarr")
+    meta = ingest_image(str(path), url, IngestSpec(chunk=32, shard=shard, min_size=16))
+    got = _read_levels(url)
+    assert len(got) == len(meta.levels) >= 5
+    for level, (g, old, oracle) in enumerate(
+        zip(got, _old_pyramid(data, meta.levels), reference_pyramid(data, 16), strict=True)
+    ):
+        assert g.dtype == data.dtype and g.shape[1:] == meta.levels[level]
+        np.testing.assert_array_equal(g, old, err_msg=f"level {level}")
+        if dtype != np.float32:
+            np.testing.assert_array_equal(g, oracle, err_msg=f"level {level}")
+
+
+def test_phases_cover_every_level_once() -> None:
+    from segpipe.ingest import level_shapes_for
+    from segpipe.ingest._core import _MAX_DEPTH, _phases
+
+    for shape, block in (
+        ((517, 749), 32),
+        ((1024, 1024), 1024),
+        ((2048, 2048), 1024),
+        ((10007, 7919), 256),
+        ((32768, 32768), 1024),
+    ):
+        grids = [(-(-y // block), -(-x // block)) for y, x in level_shapes_for(shape, 16)]
+        for threads in (1, 2, 16, 1000):
+            phases = _phases(grids, threads)
+            levels = [lvl for first, top in phases for lvl in range(first, top + 1)]
+            assert levels == list(range(len(grids))), (shape, threads, phases)
+            assert all(top - first <= _MAX_DEPTH for first, top in phases)
+    # more threads: smaller tasks in the first phase
+    grids = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    assert _phases(grids, 2)[0] == (0, 4) and _phases(grids, 64)[0][1] < 3
+
+
+def test_malloc_thresholds_raised_per_ingest_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    import segpipe.ingest._tasks as ingest
+
+    calls: list[tuple[int, int, bool]] = []
+    monkeypatch.setattr(
+        ingest, "_mallopt", lambda m, t, trim=False: calls.append((m, t, trim)) or True
+    )
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    ingest._roomy_malloc("a")
+    ingest._roomy_malloc("a")  # every task of an ingest calls it; set once
+    ingest._roomy_malloc("b")  # a second ingest on the same worker
+    ingest._restore_malloc("a")
+    assert calls == [(64 << 20, 256 << 20, False)]  # "b" still runs
+    ingest._restore_malloc("b")
+    ingest._restore_malloc("b")
+    assert calls[1:] == [(128 << 10, 65536, True)] and not ingest._MALLOC_OWNERS
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    ingest._roomy_malloc("c")  # adaptive glibc defaults are left alone
+    assert len(calls) == 2 and not ingest._MALLOC_OWNERS

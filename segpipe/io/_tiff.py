@@ -6,13 +6,22 @@ When series detection fails (e.g. "incompatible keyframe" in files written by ot
 the levels are picked from the pages and their SubIFDs directly: the largest page is level 0,
 smaller pages with the same pixel type, samples, tiling and aspect ratio are the lower
 levels (so SVS thumbnail, label and macro pages are never mistaken for levels). Regions are
-decoded lazily through ``aszarr`` — only the tiles or strips a region touches are read.
+decoded lazily — only the tiles or strips a region touches are read. A level stored in one
+page (the usual case: BigTIFF / SVS / OME-TIFF pyramids, plain TIFFs) is read the way
+tifffile's ``ZarrTiffStore`` reads a chunk — ``FileHandle.read_segments`` for the touched
+segments, ``keyframe.decode`` for each, missing segments filled with the page's nodata value —
+but straight into the region, without zarr's indexing in between; tiles that a region only
+partly covers are kept (up to 16 MiB per level) for the neighbouring region, so reading a
+slide block by block with blocks not aligned to the tiles (e.g. 1024² blocks, 240² SVS
+tiles) decodes every tile once. Anything else (levels spread over several pages, NDPI JPEG
+headers, volumes, bit-packed samples) goes through ``aszarr``.
 """
 
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -59,6 +68,8 @@ class _Level:
         y = shape[axes.index("Y")]
         x = shape[axes.index("X")]
         self.yx = (int(y), int(x))
+        self._page = _direct_page(obj, axes, shape)
+        self._edges = _SegmentCache()
 
     def array(self) -> Any:
         if self._array is None:
@@ -70,6 +81,9 @@ class _Level:
         return self._array
 
     def read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        if self._page is not None:
+            data = _read_segments(self._page, y0, x0, y1, x1, self._edges)
+            return data[:3] if self.drop_alpha else data
         index: list[Any] = []
         kept = ""
         for ax, n in zip(self.axes, self.shape, strict=True):
@@ -90,6 +104,147 @@ class _Level:
             kept = "C" + kept
         data = np.moveaxis(data, [kept.index("C"), kept.index("Y"), kept.index("X")], [0, 1, 2])
         return data[:3] if self.drop_alpha else data
+
+
+def _direct_page(obj: Any, axes: str, shape: tuple[int, ...]) -> Any:
+    """The one page holding ``obj``'s pixels when :func:`_read_segments` can read it, else None.
+
+    Conditions: a single page (no series transform), 2-D (depth 1), whole-byte samples, no
+    NDPI JPEG header, and the level's axes other than Y, X and one channel axis of the
+    page's samples all of length 1 — so the page's samples are the level's channels.
+    """
+    if isinstance(obj, tifffile.TiffPageSeries):
+        if getattr(obj, "transform", None) is not None or len(obj.pages) != 1:
+            return None
+        page = obj.pages[0]
+    else:
+        page = obj
+    if not isinstance(page, tifffile.TiffPage) or page.keyframe is not page:
+        return None
+    try:
+        sep, depth, length, width, contig = page.shaped
+        if (
+            depth != 1
+            or page.jpegheader is not None
+            or page.bitspersample % 8
+            or page.dtype is None
+            or (sep > 1 and contig > 1)
+            or not (page.is_tiled or page.rowsperstrip)
+            or (page.is_tiled and page.tiledepth != 1)
+        ):
+            return None
+        rest = [n for a, n in zip(axes, shape, strict=True) if a not in "YX" and n > 1]
+        if rest not in ([], [sep * contig]) or (length, width) != (
+            shape[axes.index("Y")],
+            shape[axes.index("X")],
+        ):
+            return None
+    except Exception:
+        return None
+    return page
+
+
+class _SegmentCache:
+    """Decoded tiles / strips that a region read only partly used, least recently used first.
+
+    Neighbouring regions not aligned to the tiles share the tiles on their common edge;
+    ingest reads neighbours one after another, so keeping these (and only these) decodes
+    each tile once. Bounded by :attr:`max_bytes`.
+    """
+
+    max_bytes = 16 << 20
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, index: int) -> np.ndarray | None:
+        segment = self._items.get(index)
+        if segment is not None:
+            self._items.move_to_end(index)
+        return segment
+
+    def put(self, index: int, segment: np.ndarray) -> None:
+        if index in self._items or segment.nbytes > self.max_bytes:
+            return
+        self._items[index] = segment
+        self._bytes += segment.nbytes
+        while self._bytes > self.max_bytes:
+            self._bytes -= self._items.popitem(last=False)[1].nbytes
+
+
+def _read_segments(
+    page: Any, y0: int, x0: int, y1: int, x1: int, edges: _SegmentCache | None = None
+) -> np.ndarray:
+    """Decode the tiles / strips of ``page`` under ``[y0:y1, x0:x1]`` into ``(C, y, x)``.
+
+    Mirrors tifffile's ``ZarrTiffStore.get`` + ``TiffPage.asarray`` for one page: segment
+    ``i`` sits at the image position ``keyframe.decode`` reports; empty segments (offset or
+    byte count 0) are the page's ``nodata``. Segments the region only partly covers are
+    kept in ``edges`` for the neighbouring region.
+    """
+    sep, _, length, width, contig = page.shaped
+    if page.is_tiled:
+        sh, sw = int(page.tilelength), int(page.tilewidth)
+    else:
+        sh, sw = min(int(page.rowsperstrip), length), width
+    per_row, per_sample = -(-width // sw), -(-length // sh) * -(-width // sw)
+    indices = [
+        s * per_sample + r * per_row + c
+        for s in range(sep)
+        for r in range(y0 // sh, (y1 - 1) // sh + 1)
+        for c in range(x0 // sw, (x1 - 1) // sw + 1)
+    ]
+    out = np.empty((sep * contig, y1 - y0, x1 - x0), page.dtype)
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if max(indices) >= min(len(offsets), len(counts)):
+        raise ValueError(f"page has {len(offsets)} segments, segment {max(indices)} is missing")
+
+    def place(index: int, segment: np.ndarray | None) -> None:
+        s, rest = divmod(index, per_sample)
+        h, w = rest // per_row * sh, rest % per_row * sw
+        ya, yb = max(h, y0), min(h + sh, y1, length)
+        xa, xb = max(w, x0), min(w + sw, x1, width)
+        dst = out[s * contig : (s + 1) * contig, ya - y0 : yb - y0, xa - x0 : xb - x0]
+        if segment is None:
+            dst[...] = page.nodata
+            return
+        src = segment[0, ya - h : yb - h, xa - w : xb - w]  # (y, x, contig)
+        if src.shape[:2] != (yb - ya, xb - xa):
+            raise ValueError(
+                f"segment {index} decoded to {segment.shape[1:3]}, "
+                f"too small for rows {ya}:{yb}, columns {xa}:{xb}"
+            )
+        dst[...] = np.moveaxis(src, -1, 0)
+        whole = (h, min(h + sh, length), w, min(w + sw, width))  # the segment inside the image
+        if edges is not None and (ya, yb, xa, xb) != whole:
+            edges.put(index, segment)
+
+    todo = []
+    for index in indices:
+        cached = edges.get(index) if edges is not None else None
+        if cached is None:
+            todo.append(index)
+        else:
+            place(index, cached)
+    if not todo:
+        return out
+    decode = page.decode
+    args: dict[str, Any] = {"_fullsize": False}
+    if page.jpegtables is not None:
+        args["jpegtables"] = page.jpegtables
+    fh = page.parent.filehandle
+    for chunk in fh.read_segments(
+        [offsets[i] for i in todo],
+        [counts[i] for i in todo],
+        todo,
+        lock=fh.lock,
+        sort=True,
+        flat=False,
+    ):
+        for data, index in chunk:
+            place(index, decode(data, index, **args)[0])
+    return out
 
 
 def _channel_count(axes: str, shape: tuple[int, ...], uri: str) -> int:

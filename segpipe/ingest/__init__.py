@@ -8,26 +8,29 @@ multiscales + omero channels) and ``segpipe`` (mpp, modality, source_uri, channe
 ``segpipe.complete = true`` is written last, so :func:`is_complete` tells a finished ingest
 from one a crash interrupted (which the next ingest removes and rewrites).
 
-Work is split into one Dask task per output block (the shard when sharded, else the chunk).
-A level-0 task receives the source URL and block coordinates, opens the source itself (one
-open :class:`~segpipe.io.ImageSource` cached per worker process), reads its region and
-writes its block into the store; a lower-level task reads the 2× larger region of the level
-above *from the store*. Tasks return only a pixel count. No process ever holds a whole level.
+The unit of writing is the block (the shard when sharded, else the chunk); every block of
+every level is written exactly once, whole. A Dask task owns one block of some level ``top``
+and the 2^k × 2^k blocks under it down to a level ``first`` (see :func:`_phases`): it reads
+its leaves — from the source when ``first`` is 0 (it opens the source itself; one open
+:class:`~segpipe.io.ImageSource` is cached per worker process), else as the 2× larger region
+of level ``first - 1`` *from the store* — and builds each block above from the 2×2 means of
+its children while they are still in memory, so the lower levels cost no read back of
+level 0. A task holds one block per level, whatever the image size; it receives the source
+URL and block coordinates and returns only a pixel count. No process ever holds a whole level.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-from collections import OrderedDict
-from collections.abc import Iterator
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from segpipe.errors import ConfigError, ImageReadError
-from segpipe.io import ImageSource, open_image, remove, url_to_fs, zarr_store
+from segpipe.ingest._core import _phases, downsample2, level_shapes_for
+from segpipe.ingest._tasks import _build_group, _n_threads, _restore_malloc, _run, _source_token
+from segpipe.io import ImageSource, open_image, remove, zarr_store
 
 __all__ = [
     "IngestSpec",
@@ -102,150 +105,6 @@ class ImageMeta:
     chunk: int = 1024
     shard: int | None = None
     source_uri: str = ""
-
-
-# --------------------------------------------------------------------------- pure core
-def level_shapes_for(shape: tuple[int, int], min_size: int = 1024) -> list[tuple[int, int]]:
-    """Pyramid sizes: halve (rounding up) until the long side is at most ``min_size``.
-
-    >>> level_shapes_for((2503, 1979), 600)
-    [(2503, 1979), (1252, 990), (626, 495), (313, 248)]
-    """
-    shapes = [(int(shape[0]), int(shape[1]))]
-    while max(shapes[-1]) > min_size:
-        y, x = shapes[-1]
-        shapes.append(((y + 1) // 2, (x + 1) // 2))
-    return shapes
-
-
-def downsample2(block: np.ndarray) -> np.ndarray:
-    """2×2 mean of a ``(C, Y, X)`` block; an odd last row / column averages what exists.
-
-    Integers are rounded half up and keep their dtype; floats are averaged in float32.
-
-    >>> downsample2(np.array([[[0, 2, 5], [2, 4, 7]]], np.uint8))
-    array([[[2, 6]]], dtype=uint8)
-    """
-    _, y, x = block.shape
-    if y % 2 or x % 2:
-        block = np.pad(block, ((0, 0), (0, y % 2), (0, x % 2)), mode="edge")
-    if np.issubdtype(block.dtype, np.integer):
-        acc = {1: np.uint16, 2: np.uint32}.get(block.dtype.itemsize, np.int64)
-        total = block[:, 0::2, 0::2].astype(acc)
-        for dy, dx in ((1, 0), (0, 1), (1, 1)):
-            total += block[:, dy::2, dx::2]
-        total += 2
-        total //= 4
-        return total.astype(block.dtype)
-    total = block[:, 0::2, 0::2].astype(np.float32)
-    for dy, dx in ((1, 0), (0, 1), (1, 1)):
-        total += block[:, dy::2, dx::2]
-    total *= 0.25
-    return total.astype(block.dtype)
-
-
-def _blocks(shape: tuple[int, int], block: int) -> Iterator[tuple[int, int, int, int]]:
-    ny, nx = shape
-    for y0 in range(0, ny, block):
-        for x0 in range(0, nx, block):
-            yield y0, x0, min(y0 + block, ny), min(x0 + block, nx)
-
-
-# --------------------------------------------------------------------------- worker side
-_SOURCES: OrderedDict[tuple[str, str, str], ImageSource] = OrderedDict()
-_SOURCES_LOCK = threading.Lock()
-_MAX_OPEN_SOURCES = 8
-
-
-def _cached_source(
-    uri: str, storage_options: dict[str, Any] | None, token: str = ""
-) -> ImageSource:
-    """One open ImageSource per (uri, options, token) per process (small LRU).
-
-    ``token`` (size + mtime / ETag, taken by the driver) makes a long-lived worker reopen a
-    source that changed since it was cached instead of reading through stale handles.
-    Evicted sources are dropped, not closed: another thread may still be reading them.
-    """
-    key = (uri, json.dumps(storage_options or {}, sort_keys=True, default=str), token)
-    with _SOURCES_LOCK:
-        src = _SOURCES.get(key)
-        if src is not None:
-            _SOURCES.move_to_end(key)
-            return src
-    src = open_image(uri, storage_options)
-    with _SOURCES_LOCK:
-        _SOURCES[key] = src
-        while len(_SOURCES) > _MAX_OPEN_SOURCES:
-            _SOURCES.popitem(last=False)
-    return src
-
-
-def _source_token(uri: str, storage_options: dict[str, Any] | None) -> str:
-    """Size + mtime / ETag of ``uri``: part of the worker cache key."""
-    fs, path = url_to_fs(uri, storage_options)
-    try:
-        info = fs.info(path)
-    except Exception:
-        return ""
-    stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
-    return f"{info.get('size')}:{stamp}"
-
-
-def _open_level(
-    zarr_url: str, level: int, storage_options: dict[str, Any] | None, mode: str
-) -> Any:
-    import zarr
-
-    store = zarr_store(zarr_url, storage_options, read_only=mode == "r")
-    array = zarr.open_array(store=store, path=str(level), mode=mode)
-    # Blocks are written whole: skipping zarr's all-fill-value scan halves the write time
-    # (a blank chunk is then stored, compressed to a few bytes, instead of omitted).
-    return array if mode == "r" else array.with_config({"write_empty_chunks": True})
-
-
-def _copy_block(
-    source_uri: str,
-    token: str,
-    zarr_url: str,
-    storage_options: dict[str, Any] | None,
-    y0: int,
-    x0: int,
-    y1: int,
-    x1: int,
-) -> int:
-    """Dask task: read source level 0 ``[y0:y1, x0:x1]`` and write it into array ``0``."""
-    data = _cached_source(source_uri, storage_options, token).read_region(0, y0, x0, y1, x1)
-    _open_level(zarr_url, 0, storage_options, "r+")[:, y0:y1, x0:x1] = data
-    return int(data.shape[1] * data.shape[2])
-
-
-def _reduce_block(
-    zarr_url: str,
-    storage_options: dict[str, Any] | None,
-    level: int,
-    y0: int,
-    x0: int,
-    y1: int,
-    x1: int,
-) -> int:
-    """Dask task: 2×2-mean the matching region of ``level - 1`` into ``level`` ``[y0:y1, x0:x1]``."""
-    above = _open_level(zarr_url, level - 1, storage_options, "r")
-    py, px = above.shape[1:]
-    parent = np.asarray(above[:, 2 * y0 : min(2 * y1, py), 2 * x0 : min(2 * x1, px)])
-    out = downsample2(parent)
-    _open_level(zarr_url, level, storage_options, "r+")[:, y0:y1, x0:x1] = out
-    return int(out.shape[1] * out.shape[2])
-
-
-def _run(tasks: list[Any], client: Any) -> None:
-    import dask
-
-    if not tasks:
-        return
-    if client is None:
-        dask.compute(*tasks)
-    else:
-        client.gather(client.compute(tasks))
 
 
 # --------------------------------------------------------------------------- driver
@@ -376,24 +235,30 @@ def ingest_image(
             shard=spec.shard,
             source_uri=str(source_uri),
         )
-    copy = dask.delayed(_copy_block, pure=False)
+    build = dask.delayed(_build_group, pure=False)
     token = _source_token(str(source_uri), storage_options)
-    _run(
-        [
-            copy(str(source_uri), token, str(zarr_url), storage_options, *b)
-            for b in _blocks(levels[0], spec.block)
-        ],
-        client,
-    )
-    reduce = dask.delayed(_reduce_block, pure=False)
-    for level in range(1, len(levels)):
-        _run(
-            [
-                reduce(str(zarr_url), storage_options, level, *b)
-                for b in _blocks(levels[level], spec.block)
-            ],
-            client,
-        )
+    owner = uuid.uuid4().hex
+    block = spec.block
+    grids = [(-(-ly // block), -(-lx // block)) for ly, lx in levels]
+    try:
+        for first, top in _phases(grids, _n_threads(client)):
+            ty, tx = levels[top]
+            where = (str(source_uri), token, str(zarr_url), storage_options, block, first, top)
+            _run(
+                [
+                    build(*where, y, x, owner)
+                    for y in range(-(-ty // block))
+                    for x in range(-(-tx // block))
+                ],
+                client,
+            )
+    finally:
+        _restore_malloc(owner)
+        if client is not None:
+            try:
+                client.run(_restore_malloc, owner)
+            except Exception:  # a worker lost meanwhile starts afresh anyway
+                pass
     root = zarr.open_group(store=zarr_store(zarr_url, storage_options), mode="r+")
     root.attrs["segpipe"] = {**own, "complete": True}
     return meta

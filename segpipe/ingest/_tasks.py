@@ -1,0 +1,210 @@
+"""Worker side of ingest: the Dask task that writes a group of blocks, and what it caches.
+
+Tasks take URLs and block coordinates, read their input themselves (the source, or the level
+above from the store), write whole blocks into the store and return only a pixel count.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from segpipe.ingest._core import downsample2
+from segpipe.io import ImageSource, open_image, url_to_fs, zarr_store
+
+_SOURCES: OrderedDict[tuple[str, str, str], ImageSource] = OrderedDict()
+_SOURCES_LOCK = threading.Lock()
+_MAX_OPEN_SOURCES = 8
+
+
+def _cached_source(
+    uri: str, storage_options: dict[str, Any] | None, token: str = ""
+) -> ImageSource:
+    """One open ImageSource per (uri, options, token) per process (small LRU).
+
+    ``token`` (size + mtime / ETag, taken by the driver) makes a long-lived worker reopen a
+    source that changed since it was cached instead of reading through stale handles.
+    Evicted sources are dropped, not closed: another thread may still be reading them.
+    """
+    key = (uri, json.dumps(storage_options or {}, sort_keys=True, default=str), token)
+    with _SOURCES_LOCK:
+        src = _SOURCES.get(key)
+        if src is not None:
+            _SOURCES.move_to_end(key)
+            return src
+    src = open_image(uri, storage_options)
+    with _SOURCES_LOCK:
+        _SOURCES[key] = src
+        while len(_SOURCES) > _MAX_OPEN_SOURCES:
+            _SOURCES.popitem(last=False)
+    return src
+
+
+def _source_token(uri: str, storage_options: dict[str, Any] | None) -> str:
+    """Size + mtime / ETag of ``uri``: part of the worker cache key."""
+    fs, path = url_to_fs(uri, storage_options)
+    try:
+        info = fs.info(path)
+    except Exception:
+        return ""
+    stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+    return f"{info.get('size')}:{stamp}"
+
+
+def _open_level(
+    zarr_url: str, level: int, storage_options: dict[str, Any] | None, mode: str
+) -> Any:
+    import zarr
+
+    store = zarr_store(zarr_url, storage_options, read_only=mode == "r")
+    array = zarr.open_array(store=store, path=str(level), mode=mode)
+    # Blocks are written whole: skipping zarr's all-fill-value scan halves the write time
+    # (a blank chunk is then stored, compressed to a few bytes, instead of omitted).
+    return array if mode == "r" else array.with_config({"write_empty_chunks": True})
+
+
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's
+# mmap threshold at 128 KiB: every decoded tile, block, codec buffer and downsampled piece
+# (all ≥ 128 KiB) is then a fresh mmap whose pages fault in one by one and go back to the
+# OS on free — ~5 page faults per byte ingested, a third of the task's CPU. While an ingest
+# runs, its tasks raise both thresholds in their worker process so these buffers are reused
+# from the heap (the heap stays as large as the largest task's working set: a few blocks);
+# when the ingest ends, ``ingest_image`` sets them back to what the environment asked for
+# on every worker and trims the heap. Processes whose environment does not set them
+# (glibc's adaptive defaults, e.g. dask's threaded scheduler) are left alone.
+_MALLOC_LOCK = threading.Lock()
+_MALLOC_OWNERS: set[str] = set()
+
+
+def _mallopt(mmap_threshold: int, trim_threshold: int, trim: bool = False) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc <malloc.h>
+        ok = bool(
+            libc.mallopt(m_mmap_threshold, mmap_threshold)
+            and libc.mallopt(m_trim_threshold, trim_threshold)
+        )
+        if trim:
+            libc.malloc_trim(0)
+        return ok
+    except (OSError, AttributeError, ValueError):
+        return False
+
+
+def _roomy_malloc(owner: str) -> None:
+    """In a task of ingest ``owner``: raise glibc's mmap / trim thresholds (see above)."""
+    import os
+
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    with _MALLOC_LOCK:
+        if owner in _MALLOC_OWNERS:
+            return
+        if _MALLOC_OWNERS or _mallopt(64 << 20, 256 << 20):
+            _MALLOC_OWNERS.add(owner)
+
+
+def _restore_malloc(owner: str) -> None:
+    """When ingest ``owner`` ends: the environment's thresholds again once no ingest runs."""
+    import os
+
+    with _MALLOC_LOCK:
+        if owner not in _MALLOC_OWNERS:
+            return
+        _MALLOC_OWNERS.discard(owner)
+        if not _MALLOC_OWNERS:
+            mmap = int(os.environ.get("MALLOC_MMAP_THRESHOLD_", 128 << 10))
+            _mallopt(mmap, int(os.environ["MALLOC_TRIM_THRESHOLD_"]), trim=True)
+
+
+def _build_group(
+    source_uri: str,
+    token: str,
+    zarr_url: str,
+    storage_options: dict[str, Any] | None,
+    block: int,
+    first: int,
+    top: int,
+    by: int,
+    bx: int,
+    owner: str = "",
+) -> int:
+    """Dask task: write block ``(by, bx)`` of level ``top`` and every block under it down to ``first``.
+
+    The blocks of level ``first`` (the leaves) are read from the source (``first == 0``) or
+    made by :func:`downsample2` of the 2× larger region of level ``first - 1``, read from the
+    store. Each block above is assembled from the 2×2-means of its (up to) four children
+    while they are in memory, depth first: at any time the task holds one block per level
+    and one leaf, whatever the image size. Every block is written exactly once, whole.
+    ``owner`` names the ingest (for the malloc thresholds, see :func:`_roomy_malloc`).
+    Returns the number of level-``first`` pixels written.
+    """
+    arrays = [_open_level(zarr_url, lvl, storage_options, "r+") for lvl in range(first, top + 1)]
+    if first == 0:
+        source = _cached_source(source_uri, storage_options, token)
+    else:
+        above = _open_level(zarr_url, first - 1, storage_options, "r")
+    done = 0
+
+    def build(level: int, y: int, x: int) -> np.ndarray | None:
+        """Write block (y, x) of ``level``; return its 2×2 mean (None on the top level)."""
+        nonlocal done
+        array = arrays[level - first]
+        ly, lx = array.shape[1:]
+        y0, x0 = y * block, x * block
+        if y0 >= ly or x0 >= lx:
+            return None
+        y1, x1 = min(y0 + block, ly), min(x0 + block, lx)
+        if level == first:
+            if first == 0:
+                data = source.read_region(0, y0, x0, y1, x1)
+            else:
+                py, px = above.shape[1:]
+                data = downsample2(
+                    np.asarray(above[:, 2 * y0 : min(2 * y1, py), 2 * x0 : min(2 * x1, px)])
+                )
+            done += (y1 - y0) * (x1 - x0)
+        else:
+            data = np.empty((array.shape[0], y1 - y0, x1 - x0), array.dtype)
+            half = block // 2
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    piece = build(level - 1, 2 * y + dy, 2 * x + dx)
+                    if piece is not None:
+                        oy, ox = dy * half, dx * half
+                        data[:, oy : oy + piece.shape[1], ox : ox + piece.shape[2]] = piece
+        array[:, y0:y1, x0:x1] = data
+        return downsample2(data) if level < top else None
+
+    _roomy_malloc(owner)
+    build(top, by, bx)
+    return done
+
+
+def _n_threads(client: Any) -> int:
+    """Threads that run tasks: the cluster's, or this machine's cores for dask's default."""
+    import os
+
+    if client is not None:
+        try:
+            return max(1, sum(client.nthreads().values()))
+        except Exception:
+            pass
+    return os.cpu_count() or 1
+
+
+def _run(tasks: list[Any], client: Any) -> None:
+    import dask
+
+    if not tasks:
+        return
+    if client is None:
+        dask.compute(*tasks)
+    else:
+        client.gather(client.compute(tasks))
