@@ -7,7 +7,9 @@ Modes (each prints one ``BENCH-RESULT {json}`` line; times exclude start-up and 
                  first, then ``--repeats`` timed runs.
 * ``ingest``     ``segpipe.ingest.ingest_image`` only.
 * ``model-only`` the network on tiles already in memory (``load_model(...).predict``).
-* ``monai``      ``monai.inferers.sliding_window_inference`` over the image in memory.
+* ``monai``      ``monai.inferers.sliding_window_inference`` over the image in memory, with
+                 the plain ``nn.Module`` as a user would hand it (``--network plain``) or
+                 segpipe's optimised copy, ``Model.inference_module`` (``--network optimised``).
 * ``decode``     tifffile's raw decode of level 0, tile by tile.
 * ``loop``       a plain Python loop: read PNG, ``segpipe.predict.segment_array``.
 * ``cli``        the ``segpipe run`` command in a subprocess (Prefect, cluster and all).
@@ -133,8 +135,21 @@ def _blocks(results: str) -> dict[str, Any]:
         return {"blocks_note": f"{type(exc).__name__}: {exc}"[:200]}
 
 
-def pipeline(a: argparse.Namespace) -> dict[str, Any]:
+def _warm_worker(model: str) -> None:
+    """On each worker: load the model (cached per process), build its optimised network and
+    import the post-processing, so no timed run pays a worker's first-use costs (the
+    warm-up image is one block, which warms only one worker)."""
+    import numpy as np
+
+    import segpipe.infer  # noqa: F401
+    import segpipe.postprocess  # noqa: F401
     from segpipe.models import load_model
+
+    m = load_model(model, "cpu")
+    m.predict(np.zeros((1, m.card.in_channels, 64, 64), np.float32))
+
+
+def pipeline(a: argparse.Namespace) -> dict[str, Any]:
     from segpipe.pipeline import open_client
 
     config = _config(a.workers, a.threads)
@@ -143,7 +158,7 @@ def pipeline(a: argparse.Namespace) -> dict[str, Any]:
     with open_client(config) as client:
         startup = time.perf_counter() - t0
         try:  # load the model once per worker up front (load_model caches it per process)
-            client.run(load_model, a.model, "cpu")
+            client.run(_warm_worker, a.model)
         except Exception as exc:
             print(f"preload failed: {exc}", file=sys.stderr)
         api = a.api
@@ -206,7 +221,10 @@ def _threads(n: int) -> None:
 
 
 def model_only(a: argparse.Namespace) -> dict[str, Any]:
-    """The network alone on the slide's tiles, already cut and in memory."""
+    """The network alone on the slide's tiles, already cut and in memory.
+
+    Through ``load_model(...).predict``: the same inference-optimised network
+    (``Model.inference_module``: BatchNorm folded, channels_last) the pipeline runs."""
     from segpipe.models import load_model
 
     _threads(a.threads)
@@ -230,7 +248,7 @@ def model_only(a: argparse.Namespace) -> dict[str, Any]:
         ]
     )
     del xp, x, raw
-    model.predict(tiles[:1])  # warm-up
+    model.predict(tiles[: a.batch])  # warm-up (a full batch: the shapes the runs use)
     runs = []
     for _ in range(a.repeats):
         t = time.perf_counter()
@@ -248,7 +266,12 @@ def model_only(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def monai(a: argparse.Namespace) -> dict[str, Any]:
-    """MONAI's sliding-window inference, same network / tile / overlap / batch, in memory."""
+    """MONAI's sliding-window inference, same network / tile / overlap / batch, in memory.
+
+    ``--network plain``: ``model.module``, the ``nn.Module`` a user would hand MONAI.
+    ``--network optimised``: ``model.inference_module`` (segpipe's BatchNorm-folded,
+    channels_last copy) with channels_last input, so the comparison separates the network's
+    execution from the pipeline around it."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -262,7 +285,14 @@ def monai(a: argparse.Namespace) -> dict[str, Any]:
     # MONAI scans with interval int(roi * (1 - overlap)); this overlap makes it exactly the
     # stride segpipe uses (tile - 2 * halo), so both sides predict the same number of tiles.
     overlap = 1.0 - (card.stride + 0.5) / card.tile
-    module = model.module
+    if a.network == "optimised":
+        fast = model.inference_module
+        cl = torch.channels_last if model.channels_last else torch.contiguous_format
+
+        def module(x: torch.Tensor) -> torch.Tensor:
+            return fast(x.contiguous(memory_format=cl))
+    else:
+        module = model.module
     with torch.inference_mode():
         module(torch.zeros(1, card.in_channels, card.tile, card.tile))  # warm-up
     runs, prep = [], []
@@ -289,6 +319,7 @@ def monai(a: argparse.Namespace) -> dict[str, Any]:
         "pixels": int(raw.shape[1] * raw.shape[2]),
         "overlap": overlap,
         "threads": a.threads,
+        "network": a.network,
     }
 
 
@@ -361,16 +392,43 @@ def cli(a: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": seconds, "summary": summary[-1] if summary else proc.stdout[-300:]}
 
 
+class _InlineExecutor:
+    """A ``ThreadPoolExecutor`` stand-in that runs each call at once in the caller's thread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __enter__(self) -> _InlineExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from concurrent.futures import Future
+
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future
+            fut.set_exception(exc)
+        return fut
+
+
 def profile(a: argparse.Namespace) -> dict[str, Any]:
     """cProfile of one image's segmentation in this process (the Dask tasks' code, serially)."""
     import cProfile
     import io
     import pstats
 
+    import segpipe.infer
     from segpipe.infer import segment_image
     from segpipe.ingest import IngestSpec, ingest_image
 
     _threads(a.threads)
+    # cProfile sees only its own thread: run pass 1's read-ahead and finishing (post-
+    # processing, stitch records, statistics, writes) inline, so they are profiled too
+    segpipe.infer.ThreadPoolExecutor = _InlineExecutor  # type: ignore[attr-defined,misc]
     url = str(Path(a.out) / "profile.ome.zarr")
     ingest_image(a.source, url, IngestSpec())
     prof = cProfile.Profile()
@@ -426,6 +484,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--warmup", default=None)
     p.add_argument("--api", choices=("auto", "pipeline", "direct"), default="auto")
+    p.add_argument(
+        "--network",
+        choices=("plain", "optimised"),
+        default="plain",
+        help="monai mode: the plain nn.Module or segpipe's Model.inference_module.",
+    )
     p.add_argument("--keep", action="store_true")
     p.add_argument("extra", nargs="*", help="cli mode: extra `segpipe run` options (after --)")
     a = p.parse_args(argv)

@@ -2,7 +2,9 @@
 
 ``segment_image(..., client=None)`` runs the very functions the Dask tasks run (pass 1,
 plan, pass 2, pyramid), serially in this process, so a profile names the bottleneck
-function. Not a benchmark with a target: it explains the others. Writes the top
+function. Not a benchmark with a target: it explains the others. ``(predict)`` is the
+network (``Model.predict``, the optimised copy); ``to_labels`` is the post-processing, run
+in ``_finish`` on a second thread of the block task. Writes the top
 functions (by own time) into docs/benchmarks.md, section ``profile``.
 """
 
@@ -48,9 +50,12 @@ def run(args: argparse.Namespace) -> Outcome:
     ]
     eng = c.result["engine_timings"]
     keys = (
+        "window_probabilities",
         "predict_window",
         "(predict)",
+        "cover_cells",
         "to_labels",
+        "_finish",
         "partial_stats",
         "prepare",
         "_read_window",

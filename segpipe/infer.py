@@ -6,10 +6,16 @@
 1. **Once per image** (driver): metadata; normalisation statistics from the pyramid level
    closest to 2k px (:func:`segpipe.normalize.image_stats` — never per block); tissue
    mask from the same level (:func:`segpipe.tissue.tissue_mask`) → blocks worth
-   processing. Background blocks are never read at full resolution nor predicted: their
-   labels stay 0, which zarr stores as nothing.
+   processing, and inside them the :data:`~segpipe.predict.MASK_CELL`-px cells worth
+   predicting (:func:`segpipe.tissue.tissue_cells`); both grow the mask by the halo, so an
+   object at the tissue edge (up to the halo in size) is predicted whole. Background
+   blocks are never read at full resolution nor predicted: their labels stay 0, which
+   zarr stores as nothing. Inside a block, background cells get background probabilities
+   (labels 0) and the tissue cells are predicted as few rectangles with context around
+   them (:func:`segpipe.tiling.cover_cells`): at 40 % tissue this skips part of each block.
 2. **Pass 1** (one task per block = shard, else chunk): read core + halo from the store,
-   :func:`segpipe.predict.segment_window`, write provisional core ids to a temporary
+   :func:`segpipe.predict.window_probabilities` (masked by the block's cells),
+   post-process (:func:`segpipe.postprocess.to_labels`), write provisional core ids to a temporary
    array, measure the core (:func:`segpipe.regions.partial_stats`, with the window's
    level-0 pixels already in memory, so the image is read only once), return the border
    record (small); the partial stays on the worker.
@@ -21,8 +27,8 @@
 Tasks take the store URL, the block index, the grid, the model name and the statistics —
 never arrays — and load the model once per worker process (``load_model`` caches it; a
 loaded :class:`~segpipe.models.Model` is scattered to the workers once). Inside pass 1,
-windows are read ahead and finished (stitch records, statistics, writes) on two threads
-while the model runs. When the cluster has GPU workers
+windows are read ahead and finished (post-processing, stitch records, statistics, writes)
+on two threads while the model runs the next block. When the cluster has GPU workers
 (:func:`segpipe.cluster.has_gpu_workers`) a pass-1 task takes :data:`GPU_GROUP`
 consecutive blocks, so that pipeline keeps the GPU busy, and asks for
 ``resources={"GPU": 1}`` at ``client.submit`` (annotations around array graphs are
@@ -55,7 +61,6 @@ from segpipe.tiling import BlockGrid
 if TYPE_CHECKING:
     from segpipe.models import Model
     from segpipe.normalize import ImageStats
-    from segpipe.postprocess import Segmentation
     from segpipe.predict import segment_array
 
 __all__ = ["SegmentResult", "segment_image", "segment_array", "default_halo", "STATS_SIDE"]
@@ -142,6 +147,8 @@ class _Job:
     predict_grid: str = "global"  # see segpipe.predict.predict_window
     batch: int = 8  # tiles per model.predict call
     device: str | None = None  # None: CUDA when the worker has it, else CPU
+    cell: int = 128  # side of the tissue cells (segpipe.predict.MASK_CELL)
+    context: int | None = None  # px predicted around masked rectangles (None: from the card)
 
 
 _POOL_ALIGN = 16  # down-sampling factor of the built-in U-Nets (and a divisor of chunk sizes)
@@ -173,10 +180,35 @@ def _read_window(job: _Job, block: tuple[int, int]) -> np.ndarray:
     return np.asarray(_open_array(job.image_url, job.storage_options)[:, y0:y1, x0:x1])
 
 
+def _window_mask(job: _Job, block: tuple[int, int], cells: np.ndarray | None) -> np.ndarray | None:
+    """The block window's pixel mask from its piece of the tissue-cell grid (None: all)."""
+    if cells is None or cells.all():
+        return None
+    wy0, wx0, wy1, wx1 = job.grid.window(block)
+    c = job.cell
+    full = np.repeat(np.repeat(cells, c, axis=0), c, axis=1)
+    dy, dx = wy0 - wy0 // c * c, wx0 - wx0 // c * c
+    return full[dy : dy + wy1 - wy0, dx : dx + wx1 - wx0]
+
+
+def _cells_of(
+    cells: np.ndarray | None, grid: BlockGrid, block: tuple[int, int], cell: int
+) -> np.ndarray | None:
+    """The cells of the image-wide tissue-cell grid that a block's window overlaps."""
+    if cells is None:
+        return None
+    wy0, wx0, wy1, wx1 = grid.window(block)
+    return np.ascontiguousarray(cells[wy0 // cell : -(-wy1 // cell), wx0 // cell : -(-wx1 // cell)])
+
+
 def _finish(
-    job: _Job, block: tuple[int, int], raw: np.ndarray, seg: Segmentation
+    job: _Job, block: tuple[int, int], raw: np.ndarray, probs: np.ndarray, card: Any
 ) -> tuple[BlockRecord, Partial]:
-    """Provisional core ids (written to the temporary array), border record, partial."""
+    """Labels, provisional core ids (written to the temporary array), border record, partial."""
+    from segpipe.postprocess import to_labels
+
+    seg = to_labels(probs, card)
+    del probs
     grid = job.grid
     wy0, wx0, _, _ = grid.window(block)
     classes = seg.classes if job.semantic else None
@@ -196,13 +228,18 @@ def _finish(
 
 
 def _pass1(
-    job: _Job, blocks: Sequence[tuple[int, int]], model: Any, tick: Callable[[], None] | None = None
+    job: _Job,
+    blocks: Sequence[tuple[int, int]],
+    model: Any,
+    tick: Callable[[], None] | None = None,
+    cells: Sequence[np.ndarray | None] | None = None,
 ) -> tuple[list[BlockRecord], list[Partial]]:
     """Pass 1 of consecutive blocks as a pipeline: the next windows are read and the
-    previous ones finished (stitch records, statistics, writes) on two threads while
-    this thread runs the model, so I/O and CPU work overlap the (GPU) prediction."""
+    previous ones finished (post-processing, stitch records, statistics, writes) on two
+    threads while this thread runs the model, so I/O and CPU work overlap the (GPU)
+    prediction. ``cells[i]``: block ``i``'s piece of the tissue-cell grid (None: all)."""
     from segpipe.models import load_model
-    from segpipe.predict import segment_window
+    from segpipe.predict import window_probabilities
 
     model = load_model(model, device=job.device)  # cached: once per worker process
     out: list[tuple[BlockRecord, Partial]] = []
@@ -214,11 +251,14 @@ def _pass1(
             if i + 2 < len(blocks):
                 reads.append(pool.submit(_read_window, job, blocks[i + 2]))
             wy0, wx0, _, _ = job.grid.window(block)
-            seg = segment_window(
+            mask = _window_mask(job, block, None if cells is None else cells[i])
+            probs = window_probabilities(
                 model, raw, job.stats, (wy0, wx0), job.modality, job.scale,
-                batch=job.batch, grid=job.predict_grid,
+                batch=job.batch, grid=job.predict_grid, mask=mask, context=job.context,
+                cell=job.cell,
             )  # fmt: skip
-            finishing.append(pool.submit(_finish, job, block, raw, seg))
+            finishing.append(pool.submit(_finish, job, block, raw, probs, model.card))
+            del probs
             reads[i] = None  # type: ignore[call-overload]  # free the window
             while finishing and (finishing[0].done() or len(finishing) > 2):  # bounded memory
                 out.append(finishing.pop(0).result())
@@ -256,23 +296,26 @@ def _select(
     grid: BlockGrid,
     thumb: np.ndarray,
     modality: str,
-) -> tuple[list[tuple[int, int]], float | None]:
-    """Blocks to segment, and the foreground fraction of the image (None when not measured)."""
+    cell: int = 128,
+) -> tuple[list[tuple[int, int]], float | None, np.ndarray | None]:
+    """Blocks to segment, the foreground fraction of the image (None when not measured) and
+    the image-wide grid of ``cell``-px cells to predict (None: everything in the blocks)."""
     if isinstance(blocks, str):
         if blocks != "all":
             raise ConfigError(f"blocks={blocks!r}: use None (tissue mask), 'all' or a list of (by, bx)")
-        return list(grid.blocks()), 1.0
+        return list(grid.blocks()), 1.0, None
     if blocks is not None:
         chosen = sorted({(int(b[0]), int(b[1])) for b in blocks})
         bad = [b for b in chosen if not grid.contains(b)]
         if bad:
             raise ConfigError(f"blocks {bad[:3]} are outside the {grid.grid_shape} block grid")
-        return chosen, None
-    from segpipe.tissue import select_blocks, tissue_mask
+        return chosen, None, None
+    from segpipe.tissue import select_blocks_and_cells, tissue_mask
 
     mask = tissue_mask(thumb, modality)
-    chosen = sorted((int(b[0]), int(b[1])) for b in select_blocks(mask, grid.shape, grid.block[0]))
-    return chosen, float(mask.mean())
+    # grown by the halo: objects at the tissue edge up to the halo in size are kept whole
+    chosen, cells = select_blocks_and_cells(mask, grid.shape, grid.block[0], cell, grid.halo)
+    return sorted(chosen), float(mask.mean()), None if cells.all() else cells
 
 
 def _has_gpu(client: Any) -> bool:
@@ -311,7 +354,9 @@ def segment_image(
         Objects larger than the halo are stitched but may be split differently than in a
         whole-image run (see :mod:`segpipe.tiling`).
     blocks : None, "all" or iterable of (by, bx)
-        Blocks to segment: default the tissue / foreground mask's selection. The block
+        Blocks to segment: default the tissue / foreground mask's selection (grown by the
+        halo), and inside those blocks only the tissue cells are predicted (the rest is
+        background, label 0); "all" or a list predict every pixel of their blocks. The block
         size is always the level-0 shard (else chunk), so each task owns whole shards.
     storage_options : dict, optional
         fsspec options for a remote store.
@@ -332,6 +377,7 @@ def segment_image(
     from segpipe.labels import create_label_array, finalize_labels
     from segpipe.models import Model, load_model
     from segpipe.normalize import image_stats
+    from segpipe.predict import MASK_CELL, mask_context
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -371,7 +417,7 @@ def segment_image(
     level = _pick_level(meta.levels)
     thumb = np.asarray(_open_array(join_url(zarr_url, str(level)), storage_options)[:])
     stats = image_stats(thumb, card, meta.modality)
-    todo, tissue_fraction = _select(blocks, grid, thumb, meta.modality)
+    todo, tissue_fraction, cells = _select(blocks, grid, thumb, meta.modality, MASK_CELL)
     semantic = card.task == "semantic"
 
     labels_arr = create_label_array(zarr_url, name, meta.shape, inner, shards,
@@ -389,7 +435,9 @@ def segment_image(
         classes_url=None if classes_url is None else join_url(classes_url, "0"), grid=grid,
         stats=stats, modality=meta.modality, scale=scale, semantic=semantic,
         storage_options=storage_options, predict_grid=predict_grid, batch=batch, device=device,
+        cell=MASK_CELL, context=mask_context(card.halo, scale),
     )  # fmt: skip
+    pieces = {b: _cells_of(cells, grid, b, MASK_CELL) for b in todo}
     timings["prepare"] = time.perf_counter() - t_start
 
     done, total = 0, 2 * len(todo)
@@ -402,9 +450,9 @@ def segment_image(
 
     try:
         if client is None:
-            columns_partial, t = _local(job, todo, loaded, tick)
+            columns_partial, t = _local(job, todo, loaded, tick, pieces)
         else:
-            columns_partial, t = _distributed(job, todo, model, client, tick)
+            columns_partial, t = _distributed(job, todo, model, client, tick, pieces)
         timings.update(t)
     finally:
         remove(tmp_url, storage_options)
@@ -441,10 +489,14 @@ def _create_tmp(url: str, like: Any, storage_options: dict[str, Any] | None) -> 
 
 
 def _local(
-    job: _Job, todo: list[tuple[int, int]], model: Any, tick: Callable[[], None]
+    job: _Job,
+    todo: list[tuple[int, int]],
+    model: Any,
+    tick: Callable[[], None],
+    pieces: dict[tuple[int, int], np.ndarray | None],
 ) -> tuple[Partial, dict[str, float]]:
     t0 = time.perf_counter()
-    records, parts = _pass1(job, todo, model, tick)
+    records, parts = _pass1(job, todo, model, tick, [pieces[b] for b in todo])
     t1 = time.perf_counter()
     relabel = plan(records)
     t2 = time.perf_counter()
@@ -467,6 +519,7 @@ def _distributed(
     model_ref: Any,
     client: Any,
     tick: Callable[[], None],
+    pieces: dict[tuple[int, int], np.ndarray | None],
 ) -> tuple[Partial, dict[str, float]]:
     from distributed import as_completed
 
@@ -484,7 +537,8 @@ def _distributed(
     groups = [todo[i : i + size] for i in range(0, len(todo), size)]
     first = {
         client.submit(
-            _pass1, job, g, model_arg, key=f"segpipe-pass1-{token}-{g[0][0]}-{g[0][1]}",
+            _pass1, job, g, model_arg, None, [pieces[b] for b in g],
+            key=f"segpipe-pass1-{token}-{g[0][0]}-{g[0][1]}",
             resources={"GPU": 1} if gpu else None, retries=2, pure=False,
         ): g
         for g in groups

@@ -22,6 +22,7 @@ where a model's (effective) receptive field has faded.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,23 +30,32 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from segpipe.errors import ConfigError, ModelError
-from segpipe.models import Model, load_model
+from segpipe.models import Model, ModelCard, load_model
 from segpipe.normalize import ImageStats, prepare, stats_from_image
 from segpipe.postprocess import Segmentation, to_labels
+from segpipe.tiling import cover_cells
 
 __all__ = [
     "as_channel_first",
     "guess_modality",
+    "mask_context",
     "predict_window",
     "segment_array",
     "segment_window",
     "stats_from_image",
+    "window_probabilities",
+    "MASK_CELL",
     "WINDOW_MAX_SIDE",
 ]
 
 
 WINDOW_MAX_SIDE = 2304
 """Longest window side predicted in one forward pass by ``grid="window"``."""
+
+MASK_CELL = 128
+"""Side (px) of the image-anchored cells a ``mask`` selects for prediction (a multiple of the
+built-in U-Nets' down-sampling factor, 16, so every predicted rectangle starts on their
+pooling grid)."""
 
 
 def _tile_range(origin: int, size: int, stride: int) -> range:
@@ -182,7 +192,10 @@ def _predict_scaled(
     if scale < 1:  # anti-aliasing before shrinking, as skimage.transform.resize does
         sigma = (1.0 / scale - 1.0) / 2.0
         x = ndi.gaussian_filter(x, (0, sigma, sigma), mode="reflect")
-    m0 = [max(0, int(np.ceil(o * scale - 0.5)) - 1) for o in origin]
+    # one pass per window: start it on the network's pooling grid (a multiple of its
+    # down-sampling factor), so windows and masked rectangles agree away from their edges
+    step = max(1, model.size_multiple) if grid == "window" else 1
+    m0 = [max(0, int(np.ceil(o * scale - 0.5)) - 1) // step * step for o in origin]
     m1 = [int(np.floor((o + n) * scale - 0.5)) + 2 for o, n in zip(origin, (ny, nx), strict=True)]
     shape = [b - a for a, b in zip(m0, m1, strict=True)]
     to_image = [(m + 0.5) / scale - 0.5 - o for m, o in zip(m0, origin, strict=True)]
@@ -190,6 +203,89 @@ def _predict_scaled(
     probs = predict_window(model, xm, origin=m0, batch=batch, grid=grid)
     to_model = [(o + 0.5) * scale - 0.5 - m for o, m in zip(origin, m0, strict=True)]
     return _resample(probs, 1.0 / scale, to_model, (ny, nx))
+
+
+def mask_context(card_halo: int, scale: float = 1.0, multiple: int = 16) -> int:
+    """Context (image px) predicted around each masked rectangle of :func:`window_probabilities`.
+
+    ``card_halo / scale`` image pixels give every pixel of the rectangle its receptive field
+    (two more cover linear resampling when ``scale != 1``), rounded up to ``multiple`` so
+    rectangles on cell edges start on the network's pooling grid.
+
+    Examples
+    --------
+    >>> mask_context(48), mask_context(48, 0.5), mask_context(0)
+    (48, 112, 0)
+    """
+    extra = 0 if abs(scale - 1.0) < 1e-6 else 2
+    need = math.ceil(card_halo / scale) + extra if card_halo > 0 else 0
+    return -(-need // multiple) * multiple
+
+
+def _background(card: ModelCard, shape: tuple[int, int]) -> np.ndarray:
+    """Probabilities that every post-processing turns into label 0 (and class 0)."""
+    out = np.zeros((card.n_outputs, *shape), np.float32)
+    if card.task != "binary":  # softmax heads: all probability on channel 0 (background)
+        out[0] = 1.0
+    return out
+
+
+def window_probabilities(
+    model: Model | str | Path,
+    raw: np.ndarray,
+    stats: ImageStats,
+    origin: Sequence[int] = (0, 0),
+    modality: str = "grey",
+    scale: float = 1.0,
+    batch: int = 8,
+    grid: str = "global",
+    *,
+    mask: np.ndarray | None = None,
+    context: int | None = None,
+    cell: int = MASK_CELL,
+) -> np.ndarray:
+    """Probabilities of one window at its own resolution: prepare → resample → predict.
+
+    Parameters are those of :func:`segment_window`.
+
+    Returns
+    -------
+    (K, Y, X) float32 ndarray
+    """
+    model = load_model(model)
+    card = model.card
+    if not np.isfinite(scale) or scale <= 0:
+        raise ConfigError(f"segment_window: scale={scale} must be a positive number")
+    x = prepare(raw, stats, card, modality)
+    oy, ox = (int(v) for v in origin)
+    _, ny, nx = x.shape
+
+    def predict(sub: np.ndarray, at: tuple[int, int]) -> np.ndarray:
+        if abs(scale - 1.0) < 1e-6:
+            return predict_window(model, sub, at, batch=batch, grid=grid)
+        return _predict_scaled(model, sub, at, float(scale), batch, grid)
+
+    if mask is None:
+        return predict(x, (oy, ox))
+    mask = np.asarray(mask, bool)
+    if mask.shape != (ny, nx):
+        raise ConfigError(
+            f"segment_window: mask shape {mask.shape} differs from the window's {(ny, nx)}"
+        )
+    multiple = max(16, model.size_multiple)
+    if cell < 1 or cell % multiple:
+        raise ConfigError(f"segment_window: cell={cell} must be a positive multiple of {multiple}")
+    if context is None:
+        context = mask_context(card.halo, scale, multiple)
+    out = _background(card, (ny, nx))
+    for y0, x0, y1, x1 in cover_cells(mask, (oy, ox), cell, context):
+        if (y0, x0, y1, x1) == (0, 0, ny, nx):
+            return predict(x, (oy, ox))
+        sy0, sx0 = max(y0 - context, 0), max(x0 - context, 0)
+        sy1, sx1 = min(y1 + context, ny), min(x1 + context, nx)
+        probs = predict(x[:, sy0:sy1, sx0:sx1], (oy + sy0, ox + sx0))
+        out[:, y0:y1, x0:x1] = probs[:, y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0]
+    return out
 
 
 def segment_window(
@@ -201,6 +297,10 @@ def segment_window(
     scale: float = 1.0,
     batch: int = 8,
     grid: str = "global",
+    *,
+    mask: np.ndarray | None = None,
+    context: int | None = None,
+    cell: int = MASK_CELL,
 ) -> Segmentation:
     """Segment one window of an image: prepare → resample → predict → labels.
 
@@ -223,6 +323,19 @@ def segment_window(
         Tiles per ``model.predict`` call.
     grid : {"global", "window"}
         Tile placement, see :func:`predict_window`.
+    mask : (Y, X) bool ndarray, optional
+        Pixels that need labels (e.g. the tissue mask grown by the largest object). Only
+        the ``cell``-px cells of the image-anchored grid that hold a mask pixel are
+        predicted, merged into few rectangles (:func:`segpipe.tiling.cover_cells`), each
+        with ``context`` px around it; every other pixel gets background probabilities,
+        so its label is 0. Inside the predicted cells the probabilities equal the unmasked
+        window's (bit for bit with ``grid="global"`` and a pointwise model; to float
+        tolerance with ``grid="window"``, as between windows). Default: predict everything.
+    context : int, optional
+        Pixels predicted around each rectangle; default :func:`mask_context` of the card's
+        halo (the receptive field, aligned to the pooling grid).
+    cell : int
+        Cell side, a multiple of 16 (default :data:`MASK_CELL`).
 
     Returns
     -------
@@ -230,14 +343,10 @@ def segment_window(
         Labels ``(Y, X)`` with window-local ids.
     """
     model = load_model(model)
-    if not np.isfinite(scale) or scale <= 0:
-        raise ConfigError(f"segment_window: scale={scale} must be a positive number")
-    x = prepare(raw, stats, model.card, modality)
-    oy, ox = (int(v) for v in origin)
-    if abs(scale - 1.0) < 1e-6:
-        probs = predict_window(model, x, (oy, ox), batch=batch, grid=grid)
-    else:
-        probs = _predict_scaled(model, x, (oy, ox), float(scale), batch, grid)
+    probs = window_probabilities(
+        model, raw, stats, origin, modality, scale, batch, grid,
+        mask=mask, context=context, cell=cell,
+    )  # fmt: skip
     return to_labels(probs, model.card)
 
 

@@ -38,6 +38,8 @@ __all__ = [
     "tissue_mask",
     "otsu_separation",
     "select_blocks",
+    "tissue_cells",
+    "select_blocks_and_cells",
     "block_fraction_skipped",
 ]
 
@@ -227,7 +229,58 @@ def _mask(
     return mask
 
 
-def select_blocks(mask: np.ndarray, shape: tuple[int, int], block: int) -> list[tuple[int, int]]:
+def _integral(mask: np.ndarray) -> np.ndarray:
+    """Summed-area table of the mask grown by one pixel (``(y + 1, x + 1)``, zero first row)."""
+    grown = ndi.binary_dilation(mask, np.ones((3, 3), bool))
+    dtype = np.int32 if grown.size < 2**31 else np.int64
+    out = np.zeros((grown.shape[0] + 1, grown.shape[1] + 1), dtype)
+    np.cumsum(grown, axis=0, dtype=dtype, out=out[1:, 1:])
+    np.cumsum(out[1:, 1:], axis=1, out=out[1:, 1:])
+    return out
+
+
+def _touching(
+    mask: np.ndarray,
+    shape: tuple[int, int],
+    size: int,
+    margin: int,
+    integral: np.ndarray | None = None,
+) -> np.ndarray:
+    """``(ceil(Y/size), ceil(X/size))`` bool: squares of a level-0 grid within ``margin`` px
+    of the foreground (grown by one mask pixel)."""
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 2 or size <= 0 or margin < 0:
+        raise ConfigError(
+            f"select_blocks: mask must be 2-D (got {mask.shape}), block > 0 (got {size}) "
+            f"and margin >= 0 (got {margin})"
+        )
+    Y, X = (int(v) for v in shape)
+    my, mx = mask.shape
+    if integral is None:
+        integral = _integral(mask)
+
+    def ranges(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        start = np.arange(0, n, size)
+        end = np.minimum(start + size, n)
+        s = n / m  # level-0 px per mask px
+        lo = np.floor(np.maximum(start - margin, 0) / s).astype(np.int64)
+        hi = np.minimum(np.ceil(np.minimum(end + margin, n) / s).astype(np.int64), m)
+        return lo, hi
+
+    i0, i1 = ranges(Y, my)
+    j0, j1 = ranges(X, mx)
+    total = (
+        integral[i1[:, None], j1[None, :]]
+        - integral[i0[:, None], j1[None, :]]
+        - integral[i1[:, None], j0[None, :]]
+        + integral[i0[:, None], j0[None, :]]
+    )
+    return total > 0
+
+
+def select_blocks(
+    mask: np.ndarray, shape: tuple[int, int], block: int, margin: int = 0
+) -> list[tuple[int, int]]:
     """Indices ``(by, bx)`` of the level-0 blocks that touch the foreground.
 
     Every mask pixel is mapped to the level-0 rectangle it covers, after growing the mask by
@@ -242,6 +295,10 @@ def select_blocks(mask: np.ndarray, shape: tuple[int, int], block: int) -> list[
         Level-0 size.
     block : int
         Block (chunk or shard) size in level-0 pixels.
+    margin : int
+        Also select blocks within ``margin`` level-0 px of the foreground, so that an object
+        sticking out of the (low-resolution) mask by up to ``margin`` px is not cut at the
+        border of a skipped block. :func:`segpipe.infer.segment_image` passes its halo.
 
     Returns
     -------
@@ -252,28 +309,64 @@ def select_blocks(mask: np.ndarray, shape: tuple[int, int], block: int) -> list[
     >>> mask = np.zeros((8, 8), bool); mask[0, 0] = True
     >>> select_blocks(mask, (800, 800), 200)
     [(0, 0)]
+    >>> select_blocks(mask, (800, 800), 200, margin=150)
+    [(0, 0), (0, 1), (1, 0), (1, 1)]
     """
-    mask = np.asarray(mask, bool)
-    if mask.ndim != 2 or block <= 0:
-        raise ConfigError(
-            f"select_blocks: mask must be 2-D (got {mask.shape}) and block > 0 (got {block})"
-        )
-    Y, X = (int(v) for v in shape)
-    my, mx = mask.shape
-    grown = ndi.binary_dilation(mask, np.ones((3, 3), bool))
-    integral = np.pad(grown.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    sy, sx = Y / my, X / mx
-    blocks = []
-    for by in range(-(-Y // block)):
-        i0 = int(np.floor(by * block / sy))
-        i1 = min(int(np.ceil(min((by + 1) * block, Y) / sy)), my)
-        for bx in range(-(-X // block)):
-            j0 = int(np.floor(bx * block / sx))
-            j1 = min(int(np.ceil(min((bx + 1) * block, X) / sx)), mx)
-            total = integral[i1, j1] - integral[i0, j1] - integral[i1, j0] + integral[i0, j0]
-            if total > 0:
-                blocks.append((by, bx))
-    return blocks
+    hits = _touching(mask, shape, block, margin)
+    return [(int(by), int(bx)) for by, bx in zip(*np.nonzero(hits), strict=True)]
+
+
+def tissue_cells(
+    mask: np.ndarray, shape: tuple[int, int], cell: int, margin: int = 0
+) -> np.ndarray:
+    """Which ``cell``-px squares of the level-0 grid need prediction.
+
+    The same rule as :func:`select_blocks` on a finer grid: a cell is kept when it lies
+    within ``margin`` level-0 px of the foreground (grown by one mask pixel). Inside a
+    selected block, :func:`segpipe.predict.segment_window` predicts only the kept cells
+    (with context around them); the others get background probabilities.
+
+    Parameters
+    ----------
+    mask : (y, x) bool ndarray
+        Foreground at low resolution (covering the whole level-0 image).
+    shape : (Y, X)
+        Level-0 size.
+    cell : int
+        Cell side in level-0 pixels (the pipeline uses :data:`segpipe.predict.MASK_CELL`).
+    margin : int
+        Level-0 px by which the foreground is grown: objects at the tissue edge that stick
+        out of the low-resolution mask by up to ``margin`` px are predicted whole.
+
+    Returns
+    -------
+    (ceil(Y / cell), ceil(X / cell)) bool ndarray
+
+    Examples
+    --------
+    >>> mask = np.zeros((8, 8), bool); mask[0, 0] = True
+    >>> tissue_cells(mask, (800, 800), 100).sum(), tissue_cells(mask, (800, 800), 100, 50).sum()
+    (np.int64(4), np.int64(9))
+    """
+    return _touching(mask, shape, cell, margin)
+
+
+def select_blocks_and_cells(
+    mask: np.ndarray, shape: tuple[int, int], block: int, cell: int, margin: int = 0
+) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """:func:`select_blocks` and :func:`tissue_cells` of one mask, growing it only once.
+
+    Examples
+    --------
+    >>> mask = np.zeros((8, 8), bool); mask[0, 0] = True
+    >>> blocks, cells = select_blocks_and_cells(mask, (800, 800), 400, 100)
+    >>> blocks, int(cells.sum())
+    ([(0, 0)], 4)
+    """
+    integral = _integral(np.asarray(mask, bool)) if np.ndim(mask) == 2 else None
+    hits = _touching(mask, shape, block, margin, integral)
+    blocks = [(int(by), int(bx)) for by, bx in zip(*np.nonzero(hits), strict=True)]
+    return blocks, _touching(mask, shape, cell, margin, integral)
 
 
 def block_fraction_skipped(mask: np.ndarray, shape: tuple[int, int], block: int) -> float:

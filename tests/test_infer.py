@@ -176,6 +176,37 @@ def test_background_blocks_are_never_read_nor_predicted(slide, tmp_path, monkeyp
     np.testing.assert_array_equal(read_labels(poisoned, "tissue"), labels)
 
 
+def test_background_cells_inside_blocks_are_not_predicted(slide, monkeypatch) -> None:
+    """Inside selected blocks only the tissue cells (grown by the halo) are predicted; the
+    labels still equal a run that predicts every pixel of those blocks."""
+    import segpipe.infer
+    import segpipe.predict
+
+    url, _ = slide
+    monkeypatch.setattr(segpipe.infer, "STATS_SIDE", 400)
+    monkeypatch.setattr(segpipe.predict, "MASK_CELL", 64)
+    predicted: list[int] = []
+    real = segpipe.predict.predict_window
+
+    def counting(model, window, *args, **kwargs):  # type: ignore[no-untyped-def]
+        predicted.append(window.shape[1] * window.shape[2])
+        return real(model, window, *args, **kwargs)
+
+    monkeypatch.setattr(segpipe.predict, "predict_window", counting)
+    result = segment_image(url, "classical", label_name="cells")
+    grid = BlockGrid(SHAPE, CHUNK, result.halo)
+    window_px = 0
+    for b in result.processed:
+        y0, x0, y1, x1 = grid.window(b)
+        window_px += (y1 - y0) * (x1 - x0)
+    assert 0 < sum(predicted) < 0.95 * window_px  # some background cells were skipped
+    labels = read_labels(url, "cells")
+    every = segment_image(url, "classical", label_name="cells-all", blocks=result.processed)
+    assert every.processed == result.processed
+    assert_same_partition(labels, read_labels(url, "cells-all"))
+    assert result.n_regions == every.n_regions > 20
+
+
 def test_local_cluster_gives_identical_labels_and_table(slide, local_result, dask_client) -> None:
     from segpipe.models import load_model
 

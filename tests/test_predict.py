@@ -261,3 +261,73 @@ def test_window_grid_matches_the_whole_image_away_from_its_edges(origin: tuple[i
     np.testing.assert_allclose(part[inner], expect[inner], atol=1e-4)
     with pytest.raises(ConfigError, match="grid"):
         predict_window(model, window, (y0, x0), grid="tiles")
+
+
+def _cells_mask(shape: tuple[int, int], origin: tuple[int, int], cell: int,
+                cells: list[tuple[int, int]]) -> np.ndarray:  # fmt: skip
+    """A window mask holding one pixel in each listed image-anchored cell (cy, cx)."""
+    mask = np.zeros(shape, bool)
+    for cy, cx in cells:
+        mask[cy * cell - origin[0] + 3, cx * cell - origin[1] + 5] = True
+    return mask
+
+
+def _in_cells(shape: tuple[int, int], origin: tuple[int, int], cell: int,
+              cells: list[tuple[int, int]]) -> np.ndarray:  # fmt: skip
+    yy = (np.arange(shape[0]) + origin[0]) // cell
+    xx = (np.arange(shape[1]) + origin[1]) // cell
+    return np.isin(yy[:, None] * 1000 + xx[None, :], [cy * 1000 + cx for cy, cx in cells])
+
+
+def test_masked_window_equals_the_full_window_in_its_cells_classical() -> None:
+    """Pointwise model, global grid: bit for bit inside the predicted cells, 0 elsewhere."""
+    img = blobs((300, 340), n=40, seed=4)[None]
+    stats = image_stats(img, CLASSICAL.card, "grey")
+    origin, cell = (16, 32), 64
+    window = img[:, 16:, 32:]
+    cells = [(1, 1), (1, 2), (4, 4)]
+    mask = _cells_mask(window.shape[1:], origin, cell, cells)
+    full = P.window_probabilities(CLASSICAL, window, stats, origin, "grey")
+    part = P.window_probabilities(CLASSICAL, window, stats, origin, "grey", mask=mask, cell=cell)
+    inside = _in_cells(window.shape[1:], origin, cell, cells)
+    np.testing.assert_array_equal(part[:, inside], full[:, inside])
+    assert not part[:, ~inside].any()
+    labels = segment_window(CLASSICAL, window, stats, origin, "grey", mask=mask, cell=cell).labels
+    assert labels.max() > 0 and not labels[~inside].any()
+    # a full mask is the unmasked window
+    every = np.ones(window.shape[1:], bool)
+    np.testing.assert_array_equal(
+        P.window_probabilities(CLASSICAL, window, stats, origin, "grey", mask=every), full
+    )
+    empty = P.window_probabilities(CLASSICAL, window, stats, origin, "grey", mask=~every)
+    assert not empty.any()
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.75])
+def test_masked_window_matches_the_full_window_for_a_unet(scale: float) -> None:
+    """One pass per rectangle with the card's halo of context: float tolerance; the
+    background cells get background probabilities (label 0, class 0)."""
+    model = tiny_model("semantic", seed=5)
+    rng = np.random.default_rng(1)
+    raw = (rng.random((1, 256, 320)) * 255).astype(np.uint8)
+    stats = image_stats(raw, model.card, "grey")
+    origin, cell = (64, 0), 64
+    cells = [(1, 0), (2, 3), (2, 4), (4, 1)]
+    mask = _cells_mask(raw.shape[1:], origin, cell, cells)
+    kw = {"grid": "window", "scale": scale}
+    full = P.window_probabilities(model, raw, stats, origin, "grey", **kw)
+    part = P.window_probabilities(model, raw, stats, origin, "grey", mask=mask, cell=cell, **kw)
+    inside = _in_cells(raw.shape[1:], origin, cell, cells)
+    np.testing.assert_allclose(part[:, inside], full[:, inside], atol=1e-4)
+    np.testing.assert_array_equal(part[0, ~inside], 1.0)
+    seg = segment_window(model, raw, stats, origin, "grey", mask=mask, cell=cell, **kw)
+    assert not seg.labels[~inside].any() and not seg.classes[~inside].any()
+
+
+def test_masked_window_errors() -> None:
+    raw = np.zeros((1, 40, 50), np.uint8)
+    stats = ImageStats(low=(0.0,), high=(1.0,))
+    with pytest.raises(ConfigError, match="mask shape"):
+        segment_window(CLASSICAL, raw, stats, mask=np.ones((40, 49), bool))
+    with pytest.raises(ConfigError, match="cell"):
+        segment_window(CLASSICAL, raw, stats, mask=np.ones((40, 50), bool), cell=24)

@@ -56,3 +56,52 @@ def test_invalid_grid_raises_config_error(kwargs: dict) -> None:
 def test_unknown_block_raises() -> None:
     with pytest.raises(ConfigError, match="outside"):
         BlockGrid((10, 10), 5).core((2, 0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ny=st.integers(1, 300),
+    nx=st.integers(1, 300),
+    oy=st.integers(0, 200),
+    ox=st.integers(0, 200),
+    cell=st.sampled_from([16, 32, 64]),
+    context=st.integers(0, 40),
+    density=st.floats(0.0, 0.02),
+    seed=st.integers(0, 1000),
+)
+def test_cover_cells_covers_the_mask_with_disjoint_whole_cells(
+    ny: int, nx: int, oy: int, ox: int, cell: int, context: int, density: float, seed: int
+) -> None:
+    from segpipe.tiling import cover_cells
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((ny, nx)) < density
+    rects = cover_cells(mask, (oy, ox), cell, context)
+    cover = np.zeros((ny, nx), np.int32)
+    for y0, x0, y1, x1 in rects:
+        assert 0 <= y0 < y1 <= ny and 0 <= x0 < x1 <= nx
+        # edges fall on the image-anchored cell grid or on the window's edges
+        assert all((v + o) % cell == 0 or v in (0, n) for v, o, n in
+                   ((y0, oy, ny), (y1, oy, ny), (x0, ox, nx), (x1, ox, nx)))  # fmt: skip
+        cover[y0:y1, x0:x1] += 1
+    assert cover.max(initial=0) <= 1  # disjoint
+    assert (cover[mask] == 1).all()  # every mask pixel is covered
+    if not mask.any():
+        assert rects == []
+
+
+def test_cover_cells_keeps_far_apart_groups_apart_and_a_full_mask_whole() -> None:
+    from segpipe.tiling import cover_cells
+
+    mask = np.zeros((512, 512), bool)
+    mask[10:20, 10:20] = mask[400:500, 300:320] = True
+    assert cover_cells(mask, (0, 0), 64, 32) == [(0, 0, 64, 64), (384, 256, 512, 320)]
+    # the same cells seen from a window that starts elsewhere in the image
+    assert cover_cells(mask[5:, 7:], (5, 7), 64, 32) == [(0, 0, 59, 57), (379, 249, 507, 313)]
+    assert cover_cells(np.ones((300, 200), bool), (48, 16), 64, 32) == [(0, 0, 300, 200)]
+    # two nearby groups: predicting their gap once is cheaper than two contexts
+    near = np.zeros((256, 256), bool)
+    near[0:10, 0:10] = near[0:10, 70:80] = True
+    assert cover_cells(near, (0, 0), 64, 64) == [(0, 0, 64, 128)]
+    with pytest.raises(ConfigError, match="cell"):
+        cover_cells(mask, (0, 0), 0, 8)

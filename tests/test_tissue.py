@@ -206,3 +206,45 @@ def test_sparse_small_bright_objects_keep_their_blocks(modality: str) -> None:
     thumb = image[::4, ::4][None]
     chosen = set(select_blocks(tissue_mask(thumb, modality), (side, side), block))
     assert {(int(cy) // block, int(cx) // block) for cy, cx in centres} <= chosen
+
+
+def test_margin_grows_the_selection_and_cells_follow_the_same_rule() -> None:
+    from segpipe.tissue import tissue_cells
+
+    mask = np.zeros((8, 8), bool)
+    mask[3, 3] = True  # level-0 [300, 400); grown by one mask pixel: [200, 500)
+    assert select_blocks(mask, (800, 800), 200) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert len(select_blocks(mask, (800, 800), 200, margin=120)) == 16
+    cells = tissue_cells(mask, (800, 800), 100)
+    assert cells.shape == (8, 8) and cells.sum() == 9 and cells[2:5, 2:5].all()
+    grown = tissue_cells(mask, (800, 800), 100, margin=30)
+    assert grown.sum() == 25 and grown[1:6, 1:6].all()
+    # odd sizes: the last cell row / column is partial
+    assert tissue_cells(mask, (790, 805), 100).shape == (8, 9)
+    with pytest.raises(ConfigError, match="margin"):
+        tissue_cells(mask, (800, 800), 100, margin=-1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    my=st.integers(2, 10),
+    mx=st.integers(2, 10),
+    Y=st.integers(16, 600),
+    X=st.integers(16, 600),
+    cell=st.integers(8, 150),
+    margin=st.integers(0, 60),
+    seed=st.integers(0, 10_000),
+)
+def test_tissue_cells_cover_every_foreground_pixel_grown_by_the_margin(
+    my: int, mx: int, Y: int, X: int, cell: int, margin: int, seed: int
+) -> None:
+    from segpipe.tissue import tissue_cells
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((my, mx)) < 0.15
+    cells = tissue_cells(mask, (Y, X), cell, margin)
+    ys = np.minimum((np.arange(Y) * my) // Y, my - 1)
+    xs = np.minimum((np.arange(X) * mx) // X, mx - 1)
+    full = ndi.binary_dilation(mask[ys][:, xs], np.ones((2 * margin + 1,) * 2, bool))
+    kept = np.repeat(np.repeat(cells, cell, 0), cell, 1)[:Y, :X]
+    assert not (full & ~kept).any()  # no level-0 pixel within the margin of tissue is dropped

@@ -92,6 +92,18 @@ class ModelTests:
     def test_load_model_returns_a_model_as_is(self, model: Model) -> None:
         assert load_model(model) is model
 
+    def test_optimised_network_matches_the_plain_module(self, model: Model) -> None:
+        """``predict`` runs ``inference_module`` (BN folded, channels_last): same outputs."""
+        x = self.batch(model, n=2, h=64, w=96)
+        with torch.inference_mode():
+            logits = model.module(torch.from_numpy(x))
+        act = torch.sigmoid if model.card.task == "binary" else (lambda t: torch.softmax(t, 1))
+        np.testing.assert_allclose(model.predict(x), act(logits).numpy(), atol=1e-4)
+        fast = model.inference_module
+        assert not fast.training
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+        assert model.module.training is False  # the plain module is left as it was
+
 
 class TestClassical(ModelTests):
     def make_model(self) -> Model:
