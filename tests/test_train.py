@@ -265,3 +265,65 @@ def test_checkpoint_beside_weights_and_heldout_set_is_fixed() -> None:
     a, b = nuclei_heldout_set(2, 64), nuclei_heldout_set(2, 64)
     assert [m for _, _, m in a] == ["fluorescence", "brightfield"]
     assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
+
+
+def _rare_class_items(n: int = 10) -> list:
+    """``n`` 64-px class maps: class 1 (a band) in every one, class 2 (a square) in the first only."""
+    from segpipe.train._data import array_item
+
+    items = []
+    for i in range(n):
+        cls = np.zeros((64, 64), np.int64)
+        cls[5:9, :] = 1
+        if i == 0:
+            cls[40:56, 40:56] = 2
+        image = (cls[None] * 80 + 20).astype(np.uint8)
+        items.append(array_item(f"rare{i}", image, cls, "semantic", "grey"))
+    return items
+
+
+def test_class_first_balancing_shows_a_rare_class_more_often() -> None:
+    from segpipe.models import builtin_card
+    from segpipe.train._loop import Batcher
+
+    items = _rare_class_items()
+
+    def share_with_rare(balance: str) -> float:
+        cfg = TrainConfig(data="x", task="semantic", classes=["bg", "band", "square"], crop=32,
+                          batch_size=16, balanced=1.0, balance=balance, scale_range=(1.0, 1.0))
+        batcher = Batcher(cfg, builtin_card("defects"), items)
+        ys = [batcher.batch(s)[1] for s in range(4)]
+        return float(np.mean([(y == 2).any().item() for b in ys for y in b]))
+
+    item_share, class_share = share_with_rare("item"), share_with_rare("class")
+    assert class_share > 0.35  # about half the crops: class 2 is one of two classes
+    assert item_share < 0.2  # about 1/20: the rare class's image is drawn 1 time in 10
+    assert class_share > 2 * item_share
+
+
+def test_widths_give_a_deeper_unet_with_a_larger_halo() -> None:
+    from segpipe.models import build_module
+    from segpipe.train._loop import make_card
+
+    cfg = preset_config("defects", out=Path("d"), widths=[16, 32, 64, 128, 128])
+    card = make_card(cfg)
+    assert card.architecture == {"type": "unet", "widths": [16, 32, 64, 128, 128], "batch_norm": True}
+    assert card.halo == 96 and card.tile % 16 == 0
+    module = build_module(card).eval()
+    with torch.no_grad():
+        assert module(torch.zeros(1, 1, 32, 32)).shape == (1, 4, 32, 32)
+    with pytest.raises(ConfigError, match="widths"):
+        TrainConfig(data="x", widths=[16])
+
+
+def test_size_binned_counts_put_objects_in_their_bins() -> None:
+    from segpipe.train.heldout import size_binned_counts
+
+    truth = np.zeros((64, 64), np.int32)
+    truth[2:6, 2:6] = 1  # ~4.5 px across: missed
+    truth[10:30, 10:30] = 2  # ~22.6 px: found
+    pred = np.zeros_like(truth)
+    pred[10:30, 10:31] = 7
+    pred[40:60, 40:60] = 8  # a false positive, ~22.6 px
+    counts = size_binned_counts(truth, pred, (0.0, 10.0, 40.0))
+    assert counts.tolist() == [[0, 0, 1], [1, 1, 0]]

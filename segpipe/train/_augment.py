@@ -40,8 +40,18 @@ def instance_target(labels: np.ndarray, boundary: str = "inner") -> np.ndarray:
     return out
 
 
-def sample_center(item: Item, rng: np.random.Generator, balanced: float) -> tuple[float, float]:
-    """A crop centre: with probability ``balanced`` near a uniformly drawn class/object."""
+def sample_center(item: Item, rng: np.random.Generator, balanced: float, key: int | None = None) -> tuple[float, float]:
+    """A crop centre: with probability ``balanced`` near a uniformly drawn class/object.
+
+    ``key`` fixes the choice instead: a class/object of ``item.index`` (the crop is centred
+    near it), or -1 for a uniformly drawn centre.
+    """
+    if key is not None:
+        if key >= 0 and key in item.index:
+            pts = item.index[key]
+            cy, cx = pts[int(rng.integers(len(pts)))]
+            return float(cy + rng.normal(0, 8)), float(cx + rng.normal(0, 8))
+        return float(rng.uniform(0, item.shape[0])), float(rng.uniform(0, item.shape[1]))
     keys = [k for k in item.index if k != 0] or list(item.index)
     if keys and rng.random() < balanced:
         pts = item.index[keys[int(rng.integers(len(keys)))]]
@@ -57,13 +67,15 @@ def sample_crop(
     zoom: float,
     augment: bool,
     balanced: float,
+    key: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a ``size × size`` crop at magnification ``zoom`` (> 1 enlarges objects).
 
-    Only the source region the warped crop needs is read. Returns ``(raw (C, size, size)
-    float32, target (size, size) int64)`` — the target still holds instance labels or classes.
+    Only the source region the warped crop needs is read (``key``: see :func:`sample_center`).
+    Returns ``(raw (C, size, size) float32, target (size, size) int64)`` — the target still
+    holds instance labels or classes.
     """
-    cy, cx = sample_center(item, rng, balanced)
+    cy, cx = sample_center(item, rng, balanced, key)
     angle = rng.uniform(0, 2 * np.pi) if augment else 0.0
     shear = rng.uniform(-0.08, 0.08) if augment else 0.0
     stretch = np.exp(rng.uniform(-0.08, 0.08)) if augment else 1.0

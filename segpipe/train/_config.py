@@ -35,6 +35,9 @@ class TrainConfig(BaseModel):
     channel_mode: Literal["grey", "rgb", "nuclear"] = "grey"
     mpp: float | None = Field(None, gt=0.0, description="model input µm/px; None = any")
     preset: Literal["tiny", "light", "classic"] = Field("light", description="U-Net preset")
+    widths: list[int] | None = Field(
+        None, description="U-Net feature widths per level (last = bottleneck); overrides preset"
+    )
     crop: int = Field(160, ge=32, le=1024, description="training crop size (multiple of 16)")
     batch_size: int = Field(8, ge=1, le=512)
     steps: int = Field(2000, ge=1, description="optimizer steps in total")
@@ -49,6 +52,12 @@ class TrainConfig(BaseModel):
     augment: bool = True
     stain_jitter: bool = Field(True, description="H&E stain jitter in optical-density space")
     balanced: float = Field(0.5, ge=0.0, le=1.0, description="share of class-balanced crops")
+    balance: Literal["item", "class"] = Field(
+        "item",
+        description="semantic only: 'item' centres a balanced crop on a class drawn among the "
+        "classes of a random image; 'class' draws the class first (uniformly over the "
+        "foreground classes of the whole pool), then an image holding it",
+    )
     pool: int = Field(48, ge=1, description="synthetic images per epoch (a fresh set every epoch)")
     synthetic_shape: int = Field(256, ge=64, description="side of generated synthetic images")
     val_images: int = Field(8, ge=1, description="synthetic validation images")
@@ -80,6 +89,8 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.crop % 16:
             raise ValueError(f"crop ({self.crop}) must be a multiple of 16")
+        if self.widths is not None and (len(self.widths) < 2 or min(self.widths) < 1):
+            raise ValueError(f"widths {self.widths} need at least two positive levels")
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range {self.scale_range} must be 0 < low <= high")
@@ -99,6 +110,13 @@ class TrainConfig(BaseModel):
             return ["background", "interior", "boundary"]
         assert self.classes is not None
         return list(self.classes)
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """The card's ``architecture``: the preset, or explicit ``widths`` when given."""
+        if self.widths is not None:
+            return {"type": "unet", "widths": list(self.widths), "batch_norm": True}
+        return {"type": "unet", "preset": self.preset, "batch_norm": True}
 
     @property
     def in_channels(self) -> int:

@@ -45,9 +45,9 @@ def make_card(cfg: TrainConfig) -> Any:
     )
     from segpipe.models.unet import PRESETS as UNET_PRESETS
 
-    arch = {"type": "unet", "preset": cfg.preset, "batch_norm": True}
+    arch = cfg.architecture
     base = BUILTIN_CARDS.get(cfg.name)
-    depth = len(UNET_PRESETS[cfg.preset]) - 1
+    depth = len(cfg.widths if cfg.widths is not None else UNET_PRESETS[cfg.preset]) - 1
     halo = suggested_halo(receptive_field(depth))
     fields: dict[str, Any] = {}
     if base is not None and base.task == cfg.task and base.architecture.get("type") == "unet":
@@ -89,18 +89,42 @@ class Batcher:
             raise ConfigError("no training images: check the data option")
         self.items = items
         self.stats = [self._stats(it.thumb, self.card, it.modality) for it in items]
+        # class-first balancing (semantic): foreground class -> indices of the items holding it
+        self.holders: dict[int, list[int]] = {}
+        if self.cfg.task == "semantic" and self.cfg.balance == "class":
+            for i, it in enumerate(items):
+                for k in it.index:
+                    if k != 0:
+                        self.holders.setdefault(int(k), []).append(i)
+
+    def pick(self, rng: np.random.Generator) -> tuple[int, int | None]:
+        """(item index, crop key for :func:`sample_crop`) of one training crop.
+
+        With class-first balancing a share ``balanced`` of the crops is centred on a
+        foreground class drawn uniformly (then an image holding it), so a class present in
+        few images is seen as often as one present in all; the rest are uniform crops.
+        """
+        if not self.holders:
+            return int(rng.integers(len(self.items))), None
+        if rng.random() < self.cfg.balanced:
+            keys = sorted(self.holders)
+            k = keys[int(rng.integers(len(keys)))]
+            owners = self.holders[k]
+            return owners[int(rng.integers(len(owners)))], k
+        return int(rng.integers(len(self.items))), -1
 
     def base_zoom(self, item: Item) -> float:
         if item.mpp and self.card.mpp:
             return float(item.mpp) / float(self.card.mpp)
         return 1.0
 
-    def sample(self, i: int, rng: np.random.Generator, size: int, augment: bool) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, i: int, rng: np.random.Generator, size: int, augment: bool,
+               key: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         from segpipe.normalize import prepare
 
         cfg, item = self.cfg, self.items[i]
         zoom = self.base_zoom(item) * (random_zoom(rng, cfg.scale_range) if augment else 1.0)
-        raw, tgt = sample_crop(item, rng, size, zoom, augment, cfg.balanced if augment else 0.0)
+        raw, tgt = sample_crop(item, rng, size, zoom, augment, cfg.balanced if augment else 0.0, key)
         dtype = item.thumb.dtype if item.thumb is not None else np.float32
         if augment and cfg.stain_jitter and item.modality == "brightfield" and raw.shape[0] == 3 and rng.random() < 0.8:
             raw = stain_jitter(raw, rng)
@@ -117,7 +141,8 @@ class Batcher:
         rng = np.random.default_rng([self.cfg.seed, stream, step])
         xs, ys = [], []
         for _ in range(self.cfg.batch_size):
-            x, y = self.sample(int(rng.integers(len(self.items))), rng, self.cfg.crop, self.cfg.augment)
+            i, key = self.pick(rng) if self.cfg.augment else (int(rng.integers(len(self.items))), None)
+            x, y = self.sample(i, rng, self.cfg.crop, self.cfg.augment, key)
             xs.append(x)
             ys.append(y)
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))

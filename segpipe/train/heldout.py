@@ -2,7 +2,8 @@
 
 ``python -m segpipe.train.heldout nuclei classical-watershed`` prints (and with ``--json``
 writes) the metrics quoted in docs/models.md: for instance models AP at IoU 0.5…0.9, F1,
-splits and merges pooled over the images (and per modality); for semantic models
+splits and merges pooled over the images (and per modality; ``--by-size`` adds AP@0.5 per
+object-diameter bin); for semantic models
 (``--kind defects``) the IoU of each class from the pooled confusion matrix.
 ``--kind discs`` measures instance models on :func:`disc_image`, the flat sharp-edged discs
 of the project's acceptance check (a style the training renderer never produces).
@@ -26,6 +27,7 @@ __all__ = [
     "heldout_nuclei",
     "nuclei_heldout_set",
     "defects_heldout_set",
+    "size_binned_counts",
 ]
 
 #: The test set's own seed: never used by training (streams 1000+) or validation (2000).
@@ -126,9 +128,61 @@ def _pool(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def heldout_nuclei(models: list[str], n: int = 20, shape: int = 384) -> dict[str, dict[str, Any]]:
+#: Edges (px, equivalent diameter) of the size bins of :func:`size_binned_counts`.
+SIZE_EDGES = (0.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, np.inf)
+
+
+def size_binned_counts(truth: np.ndarray, pred: np.ndarray, edges: tuple[float, ...] = SIZE_EDGES,
+                       threshold: float = 0.5) -> np.ndarray:
+    """TP, FP, FN per object-size bin after one-to-one matching at IoU ``threshold``.
+
+    A true object (TP or FN) falls in the bin of its own equivalent diameter
+    ``2 * sqrt(area / pi)``; an unmatched prediction (FP) in the bin of its diameter.
+
+    Returns
+    -------
+    (len(edges) - 1, 3) int64 ndarray
+        Columns TP, FP, FN.
+
+    Examples
+    --------
+    >>> t = np.zeros((40, 40), int); t[2:6, 2:6] = 1; t[10:30, 10:30] = 2
+    >>> p = np.zeros_like(t); p[10:30, 10:31] = 5
+    >>> size_binned_counts(t, p, (0.0, 10.0, 100.0)).tolist()
+    [[0, 0, 1], [1, 0, 0]]
+    """
+    from segpipe.metrics import match_instances, overlap_table
+
+    _, _, inter, t_area, p_area = overlap_table(truth, pred)
+    inter = inter.toarray()
+    iou = inter / np.maximum(t_area[:, None] + p_area[None, :] - inter, 1.0)
+    mr, mc = match_instances(iou, threshold)
+    t_bin = np.digitize(2 * np.sqrt(t_area / np.pi), edges[1:-1])
+    p_bin = np.digitize(2 * np.sqrt(p_area / np.pi), edges[1:-1])
+    t_hit = np.zeros(t_area.size, bool)
+    p_hit = np.zeros(p_area.size, bool)
+    t_hit[mr], p_hit[mc] = True, True
+    k = len(edges) - 1
+    out = np.zeros((k, 3), np.int64)
+    out[:, 0] = np.bincount(t_bin[t_hit], minlength=k)
+    out[:, 1] = np.bincount(p_bin[~p_hit], minlength=k)
+    out[:, 2] = np.bincount(t_bin[~t_hit], minlength=k)
+    return out
+
+
+def _size_table(counts: np.ndarray, edges: tuple[float, ...] = SIZE_EDGES) -> dict[str, dict[str, float]]:
+    out = {}
+    for (tp, fp, fn), lo, hi in zip(counts.tolist(), edges[:-1], edges[1:], strict=True):
+        out[f"{lo:g}-{hi:g}px"] = {"ap_0.5": tp / max(1, tp + fp + fn), "tp": tp, "fp": fp, "fn": fn,
+                                   "recall_0.5": tp / max(1, tp + fn)}
+    return out
+
+
+def heldout_nuclei(models: list[str], n: int = 20, shape: int = 384,
+                   by_size: bool = False) -> dict[str, dict[str, Any]]:
     """Pooled instance metrics of each model on :func:`nuclei_heldout_set` (no pixel size:
-    the images go in as they are, as a file without a pixel size would)."""
+    the images go in as they are, as a file without a pixel size would); with ``by_size``
+    also AP@0.5 per equivalent-diameter bin (:func:`size_binned_counts`)."""
     import torch
 
     from segpipe.models import load_model
@@ -141,16 +195,26 @@ def heldout_nuclei(models: list[str], n: int = 20, shape: int = 384) -> dict[str
     for name in models:
         model = load_model(name, device="cpu")
         rows = []
+        sizes = {"fluorescence": np.zeros((len(SIZE_EDGES) - 1, 3), np.int64)}
+        sizes["brightfield"] = sizes["fluorescence"].copy()
         for image, truth, modality in data:
             # statistics of the source pixels, as the pipeline computes them from a pyramid level
             stats = image_stats(image, model.card, modality)
             pred = segment_array(image, model=model, modality=modality, stats=stats)
             rows.append({**instance_metrics(truth, pred), "modality": modality})
+            if by_size:
+                sizes[modality] += size_binned_counts(truth, pred)
         result[name] = {
             "all": _pool(rows),
             "fluorescence": _pool([r for r in rows if r["modality"] == "fluorescence"]),
             "he": _pool([r for r in rows if r["modality"] == "brightfield"]),
         }
+        if by_size:
+            result[name]["by_size"] = {
+                "all": _size_table(sizes["fluorescence"] + sizes["brightfield"]),
+                "fluorescence": _size_table(sizes["fluorescence"]),
+                "he": _size_table(sizes["brightfield"]),
+            }
     return result
 
 
@@ -187,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", choices=("nuclei", "defects", "discs"), default="nuclei")
     p.add_argument("--n", type=int, default=None, help="number of held-out images")
     p.add_argument("--json", default=None, help="also write the metrics to this file")
+    p.add_argument("--by-size", action="store_true", help="nuclei: also AP@0.5 per object-size bin")
     args = p.parse_args(argv)
     if args.kind == "nuclei":
-        res: dict[str, Any] = heldout_nuclei(args.models, n=args.n or 20)
+        res: dict[str, Any] = heldout_nuclei(args.models, n=args.n or 20, by_size=args.by_size)
     elif args.kind == "discs":
         res = heldout_discs(args.models, n=args.n or 120)
     else:
