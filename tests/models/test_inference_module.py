@@ -49,8 +49,8 @@ def test_training_the_module_updates_predict() -> None:
     np.testing.assert_allclose(after, ref, atol=1e-4)
 
 
-class _Untraceable(nn.Module):
-    """Data-dependent control flow: torch.fx cannot trace it."""
+class _LooseBatchNorm(nn.Module):
+    """BatchNorm outside any Sequential, behind data-dependent control flow: left unfolded."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,15 +62,44 @@ class _Untraceable(nn.Module):
         return y if float(y.mean()) > -1e9 else -y
 
 
-def test_untraceable_network_falls_back_to_the_plain_copy() -> None:
+def test_unfoldable_network_still_matches_the_plain_module() -> None:
     card = tiny_card("binary")
-    model = Model(_Untraceable(), card, "cpu")
+    model = Model(_LooseBatchNorm(), card, "cpu")
+    model.module.bn.running_mean += 0.5  # non-trivial statistics
     x = np.random.default_rng(1).normal(0, 1, (2, 1, 16, 16)).astype(np.float32)
-    with pytest.warns(RuntimeWarning, match="torch.fx could not trace"):
-        out = model.predict(x)
+    out = model.predict(x)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.inference_module.modules())
     with torch.inference_mode():
         ref = torch.sigmoid(model.module(torch.from_numpy(x))).numpy()
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_optimising_in_one_thread_does_not_break_forwards_in_another() -> None:
+    """torch.fx tracing patched nn.Module.__call__ process-wide: concurrent forwards failed."""
+    import threading
+
+    card = tiny_card("binary")
+    running = Model(UNet(1, 1, PRESETS["tiny"], batch_norm=True), card, "cpu")
+    x = np.zeros((1, 1, 32, 32), np.float32)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def forwards() -> None:
+        try:
+            while not stop.is_set():
+                running.predict(x)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    worker = threading.Thread(target=forwards)
+    worker.start()
+    try:
+        for _ in range(30):
+            Model(UNet(1, 1, PRESETS["tiny"], batch_norm=True), card, "cpu").inference_module
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors[0]
 
 
 def test_classical_model_runs_its_own_module() -> None:
