@@ -148,9 +148,7 @@ def mosaic_slide(
     pixel type is the renderer's, uint16 for fluorescence):
     ingest builds the pyramid itself.
     """
-    import tifffile
-
-    from segpipe.synthetic import SyntheticSlide
+    from segpipe.synthetic import write_mosaic
 
     name = f"mosaic_{size}_p{patch}_s{seed}" + ("_sparse" if sparse else "")
     path = workdir / "slides" / f"{name}.tif"
@@ -158,39 +156,9 @@ def mosaic_slide(
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if patch % tile or size % tile:
-        raise ValueError(
-            f"mosaic: size {size} and patch {patch} must be multiples of the tile {tile}"
-        )
-    base, _ = SyntheticSlide((patch, patch), "fluorescence", seed, 1.0).render(0, 0, patch, patch)
-    base = base[0]
-    variants = [base, base[::-1], base[:, ::-1], base[::-1, ::-1]]
-    variants += [np.ascontiguousarray(v.T) for v in variants]
-    glass = np.full((patch, patch), np.percentile(base, 1), base.dtype)
-
-    def tiles():
-        for y in range(0, size, tile):
-            for x in range(0, size, tile):
-                py, px = y // patch, x // patch
-                v = variants[(py * 5 + px * 3 + (py * px) % 7) % 8]
-                if sparse and (py % 2 or px % 2):
-                    v = glass
-                yield v[y % patch : y % patch + tile, x % patch : x % patch + tile]
-
     tmp = path.with_name(path.name + ".tmp")
-    with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
-        tif.write(
-            tiles(),
-            shape=(size, size),
-            dtype=base.dtype,
-            tile=(tile, tile),
-            compression="zlib",
-            photometric="minisblack",
-            resolution=(1e4 / MPP, 1e4 / MPP),
-            resolutionunit="CENTIMETER",
-            metadata=None,
-            description=f"segpipe benchmark mosaic {size}x{size}",
-        )
+    write_mosaic(tmp, size, patch=patch, tile=tile, seed=seed, sparse=sparse, mpp=MPP,
+                 description=f"segpipe benchmark mosaic {size}x{size}")  # fmt: skip
     tmp.replace(path)
     _mark(path, {"seconds": time.perf_counter() - t0})
     print(

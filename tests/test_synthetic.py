@@ -342,3 +342,23 @@ def test_blob_sample_varies_style_and_labels_bright_blobs() -> None:
     assert sharp >= 1
     again = blob_sample((96, 96), np.random.default_rng(3), (10, 20), 0.3)
     np.testing.assert_array_equal(again[0], blob_sample((96, 96), np.random.default_rng(3), (10, 20), 0.3)[0])
+
+
+def test_write_mosaic_repeats_the_patch_variants(tmp_path):
+
+    from segpipe.synthetic import mosaic_patches, mosaic_variant_at, write_mosaic
+
+    path = write_mosaic(tmp_path / "m.tif", 768, patch=256, tile=128, seed=3, sparse=True)
+    variants, glass = mosaic_patches(256, 3)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert page.is_tiled and page.tilelength == 128
+        img = page.asarray()
+    assert img.shape == (768, 768) and img.dtype == glass.dtype
+    for py in range(3):
+        for px in range(3):
+            got = img[py * 256 : (py + 1) * 256, px * 256 : (px + 1) * 256]
+            want = glass if py % 2 or px % 2 else variants[mosaic_variant_at(py, px)]
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="multiples of the tile"):
+        write_mosaic(tmp_path / "bad.tif", 700, patch=256, tile=128)

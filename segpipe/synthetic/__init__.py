@@ -10,6 +10,7 @@ Files:
 
 * :func:`write_slide` — an SVS-like pyramidal BigTIFF written tile by tile (any size) and
   its instance labels; :class:`SyntheticSlide` renders any region of such a slide;
+* :func:`write_mosaic` — a tiled BigTIFF of any size repeating one rendered patch (fast);
 * :func:`write_industrial` — a 16-bit PNG or tiled TIFF and its class map;
 * :func:`make_archive` — a small archive of both, ground truth in a parallel folder.
 """
@@ -23,6 +24,7 @@ from segpipe.synthetic._industrial import (
     defects_sample,
     write_industrial,
 )
+from segpipe.synthetic._mosaic import mosaic_patches, mosaic_variant_at, write_mosaic
 from segpipe.synthetic._render import Style, random_style
 from segpipe.synthetic._samples import MODALITIES, nuclei_sample
 from segpipe.synthetic._scene import SyntheticSlide
@@ -43,9 +45,12 @@ __all__ = [
     "labels_path_for",
     "level_shapes",
     "make_archive",
+    "mosaic_patches",
+    "mosaic_variant_at",
     "nuclei_sample",
     "random_style",
     "truth_path",
     "write_industrial",
+    "write_mosaic",
     "write_slide",
 ]

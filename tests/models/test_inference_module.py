@@ -95,7 +95,10 @@ def test_optimising_in_one_thread_does_not_break_forwards_in_another() -> None:
     worker.start()
     try:
         for _ in range(30):
-            Model(UNet(1, 1, PRESETS["tiny"], batch_norm=True), card, "cpu").inference_module
+            assert (
+                Model(UNet(1, 1, PRESETS["tiny"], batch_norm=True), card, "cpu").inference_module
+                is not None
+            )
     finally:
         stop.set()
         worker.join()

@@ -152,53 +152,11 @@ def test_thousand_small_images(tmp_path, popen_env):
     _many_small(1000, tmp_path, popen_env, concurrency=4)
 
 
-#: Mosaic slides: one rendered ``_PATCH``² fluorescence patch (and its 8 flips /
-#: transposes) in the patches with even row and column index, glass elsewhere (25 % tissue).
-_PATCH, _TILE, _MPP = 2048, 256, 0.5
-
-
-def _variants(seed: int) -> tuple[list[np.ndarray], np.ndarray]:
-    from segpipe.synthetic import SyntheticSlide
-
-    base = SyntheticSlide((_PATCH, _PATCH), "fluorescence", seed, 1.0).render(0, 0, _PATCH, _PATCH)[
-        0
-    ][0]
-    variants = [base, base[::-1], base[:, ::-1], base[::-1, ::-1]]
-    variants += [np.ascontiguousarray(v.T) for v in variants]
-    glass = np.full((_PATCH, _PATCH), np.percentile(base, 1), base.dtype)
-    return variants, glass
-
-
-def _variant_at(py: int, px: int) -> int:
-    return (py * 5 + px * 3 + (py * px) % 7) % 8
-
-
-def _mosaic_slide(path: Path, side: int, seed: int) -> None:
-    """A ``side``² tiled BigTIFF mosaic (written tile by tile: ~1 min for 32k², not the
-    ~15 min of rendering it nucleus by nucleus with ``write_slide``)."""
-    import tifffile
-
-    variants, glass = _variants(seed)
-
-    def tiles():
-        for y in range(0, side, _TILE):
-            for x in range(0, side, _TILE):
-                py, px = y // _PATCH, x // _PATCH
-                v = glass if py % 2 or px % 2 else variants[_variant_at(py, px)]
-                yield v[y % _PATCH : y % _PATCH + _TILE, x % _PATCH : x % _PATCH + _TILE]
-
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        tif.write(
-            tiles(),
-            shape=(side, side),
-            dtype=glass.dtype,
-            tile=(_TILE, _TILE),
-            compression="zlib",
-            photometric="minisblack",
-            resolution=(1e4 / _MPP, 1e4 / _MPP),
-            resolutionunit="CENTIMETER",
-            metadata=None,
-        )
+#: Mosaic slides (:func:`segpipe.synthetic.write_mosaic`, sparse): one rendered ``_PATCH``²
+#: fluorescence patch (and its 8 flips / transposes) in the patches with even row and column
+#: index, glass elsewhere (25 % tissue). Written tile by tile: ~1 min for 32k², not the
+#: ~15 min of rendering it nucleus by nucleus with ``write_slide``.
+_PATCH, _MPP = 2048, 0.5
 
 
 def _pipeline_stats(results: Path, image_id: str):
@@ -224,15 +182,16 @@ def _one_by_one_patches(side: int, seed: int, stats, modality: str) -> list[int]
     kept as an edge, with the whole slide's statistics, gives the slide's objects there.
     """
     from segpipe import segment_array
+    from segpipe.synthetic import mosaic_patches, mosaic_variant_at
 
-    variants, glass = _variants(seed)
+    variants, glass = mosaic_patches(_PATCH, seed)
     pad = 256
     cache: dict[tuple[int, bool, bool], list[int]] = {}
     areas: list[int] = []
     n = side // _PATCH
     for py in range(0, n, 2):
         for px in range(0, n, 2):
-            key = (_variant_at(py, px), py > 0, px > 0)
+            key = (mosaic_variant_at(py, px), py > 0, px > 0)
             if key not in cache:
                 top, left = pad if key[1] else 0, pad if key[2] else 0
                 canvas = np.full(
@@ -251,6 +210,7 @@ def _one_by_one_patches(side: int, seed: int, stats, modality: str) -> list[int]
 def test_large_slides(tmp_path, popen_env):
     import segpipe
     from segpipe.io import open_image
+    from segpipe.synthetic import write_mosaic
 
     side = int(os.environ.get("RELIABILITY_SLIDE_SIDE", "8192"))
     count = int(os.environ.get("RELIABILITY_SLIDE_COUNT", "2"))
@@ -259,7 +219,7 @@ def test_large_slides(tmp_path, popen_env):
     archive.mkdir()
     t0 = time.monotonic()
     for i in range(count):
-        _mosaic_slide(archive / f"slide{i}.tif", side, seed=i)
+        write_mosaic(archive / f"slide{i}.tif", side, seed=i, sparse=True, mpp=_MPP)
     print(f"wrote {count} x {side}² mosaic slides in {time.monotonic() - t0:.0f} s")
     results = tmp_path / "results"
     env = popen_env(
