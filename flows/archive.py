@@ -28,6 +28,7 @@ from segpipe.pipeline import (
     ImageOutcome,
     RunSummary,
     discover_items,
+    fast_path_limit,
     new_run_id,
     one_line,
     open_client,
@@ -62,7 +63,7 @@ def run_images(items: list[Any], results: str, model: Any, config: SegpipeConfig
     if fast and client is not None and rest:
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
         threads = sum(w.get("nthreads", 1) for w in workers.values()) or 1
-        max_blocks = None if len(rest) >= 2 * threads else 1
+        max_blocks = fast_path_limit(len(rest), threads)
         small, rest = segment_small_images(rest, results, model, config, client, run_id, lock, storage_options,
                                            max_blocks)
         outcomes += small

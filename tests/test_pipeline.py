@@ -204,6 +204,21 @@ def _arrays(root):
 VOLATILE = {"run_id", "started_at", "finished_at", "updated_at", "duration_s", "timings"}
 
 
+def test_few_images_send_only_single_block_images_down_the_fast_path(archive, tmp_path, cfg):
+    """A lone multi-block image is left to the stage-by-stage path, whose blocks use every worker."""
+    from segpipe.pipeline import FAST_MAX_BLOCKS, fast_path_limit, small_image_task
+
+    assert fast_path_limit(4, threads=2) == FAST_MAX_BLOCKS
+    assert fast_path_limit(3, threads=2) == 1
+    item = discover_items(str(archive), cfg)[0]  # 400² px in 256-px chunks: 4 blocks
+    results = str(tmp_path / "results")
+    tables.init_results(results)
+    ref = resolve_model("classical")
+    left = small_image_task(item, item.image_id, results, ref, cfg, "run-1", max_blocks=fast_path_limit(1, 2))
+    assert left is None  # handed back untouched
+    assert not (tmp_path / "results" / "images" / f"{item.image_id}.ome.zarr").exists()
+
+
 def test_fast_path_equals_normal_path(archive, tmp_path, cfg, dask_client):
     """One whole-image Dask task writes the same OME-Zarr, labels, regions and image row."""
     import pyarrow as pa

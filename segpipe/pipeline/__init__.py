@@ -10,6 +10,7 @@ Prefect, Dask or torch start; :func:`prestart_client` starts the cluster while P
 
 from segpipe.pipeline._fast import (
     FAST_MAX_BLOCKS,
+    fast_path_limit,
     fits_fast_path,
     retrying_runner,
     small_image_task,
@@ -61,6 +62,7 @@ __all__ = [
     "Progress",
     "RunSummary",
     "discover_items",
+    "fast_path_limit",
     "fits_fast_path",
     "image_url",
     "ingest_stage",

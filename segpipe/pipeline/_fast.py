@@ -28,12 +28,28 @@ from typing import Any
 from segpipe.config import SegpipeConfig
 from segpipe.pipeline._stages import ImageOutcome, ModelRef, is_transient, one_line, process_image
 
-__all__ = ["FAST_MAX_BLOCKS", "fits_fast_path", "retrying_runner", "small_image_task"]
+__all__ = ["FAST_MAX_BLOCKS", "fast_path_limit", "fits_fast_path", "retrying_runner", "small_image_task"]
 
 log = logging.getLogger("segpipe.pipeline")
 
 #: Largest image (in level-0 blocks = shards, else chunks) the fast path takes.
 FAST_MAX_BLOCKS = 4
+
+
+def fast_path_limit(n_images: int, threads: int) -> int:
+    """Largest image (in level-0 blocks) the fast path takes in a run of ``n_images``.
+
+    A whole-image task keeps one worker thread busy. With at least twice as many images
+    as the cluster has threads, images of up to :data:`FAST_MAX_BLOCKS` blocks run whole;
+    with fewer, only single-block images do, and a multi-block image goes stage by stage
+    so that its blocks spread over every worker (one 2048² slide: 4 blocks on 2 workers).
+
+    Examples
+    --------
+    >>> fast_path_limit(60, threads=2), fast_path_limit(1, threads=2)
+    (4, 1)
+    """
+    return FAST_MAX_BLOCKS if n_images >= 2 * max(threads, 1) else 1
 
 
 def fits_fast_path(shape: tuple[int, int], config: SegpipeConfig, max_blocks: int = FAST_MAX_BLOCKS) -> bool:
