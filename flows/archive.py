@@ -21,6 +21,7 @@ from flows import _env  # noqa: F401  (Prefect settings before prefect is import
 from flows.image import segment_image, segment_small_images
 from flows.progress import get_reporter
 from segpipe import tables
+from segpipe.cluster import worker_threads
 from segpipe.config import SegpipeConfig, load_config
 from segpipe.lock import ResultsLock
 from segpipe.pipeline import (
@@ -61,9 +62,7 @@ def run_images(items: list[Any], results: str, model: Any, config: SegpipeConfig
     outcomes: list[ImageOutcome] = []
     rest = list(items)
     if fast and client is not None and rest:
-        workers = client.scheduler_info(n_workers=-1).get("workers", {})
-        threads = sum(w.get("nthreads", 1) for w in workers.values()) or 1
-        max_blocks = fast_path_limit(len(rest), threads)
+        max_blocks = fast_path_limit(len(rest), worker_threads(client))
         small, rest = segment_small_images(rest, results, model, config, client, run_id, lock, storage_options,
                                            max_blocks)
         outcomes += small

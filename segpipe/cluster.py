@@ -31,7 +31,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from segpipe.errors import ConfigError
 
-__all__ = ["connect", "cluster_client", "has_gpu_workers", "count_gpus", "ADDRESS_ENV"]
+__all__ = ["connect", "cluster_client", "has_gpu_workers", "count_gpus", "worker_threads", "ADDRESS_ENV"]
 
 #: Environment variable naming the scheduler address to connect to.
 ADDRESS_ENV = "SEGPIPE_DASK_ADDRESS"
@@ -196,3 +196,8 @@ def has_gpu_workers(client: Client) -> bool:
     """True when at least one worker of ``client``'s cluster offers a ``GPU`` resource."""
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
     return any(float((w.get("resources") or {}).get("GPU", 0)) > 0 for w in workers.values())
+
+
+def worker_threads(client: Client) -> int:
+    """Threads that run tasks on ``client``'s cluster, summed over its workers (at least 1)."""
+    return max(1, sum(client.nthreads().values()))

@@ -258,14 +258,10 @@ def cover_cells(
     @cache
     def best(r0: int, r1: int, c0: int, c1: int) -> tuple[int, tuple[tuple[int, ...], ...]]:
         cost, parts = area(r0, r1, c0, c1), ((r0, r1, c0, c1),)
-        for r in range(r0 + 1, r1):
-            a, b = trim(r0, r, c0, c1), trim(r, r1, c0, c1)
-            if a is not None and b is not None:
-                (ca, pa), (cb, pb) = best(*a), best(*b)
-                if ca + cb < cost:
-                    cost, parts = ca + cb, pa + pb
-        for c in range(c0 + 1, c1):
-            a, b = trim(r0, r1, c0, c), trim(r0, r1, c, c1)
+        rows = [((r0, r, c0, c1), (r, r1, c0, c1)) for r in range(r0 + 1, r1)]
+        cols = [((r0, r1, c0, c), (r0, r1, c, c1)) for c in range(c0 + 1, c1)]
+        for first, second in rows + cols:  # every guillotine cut, horizontal then vertical
+            a, b = trim(*first), trim(*second)
             if a is not None and b is not None:
                 (ca, pa), (cb, pb) = best(*a), best(*b)
                 if ca + cb < cost:

@@ -278,6 +278,11 @@ def _touching(
     return total > 0
 
 
+def _indices(hits: np.ndarray) -> list[tuple[int, int]]:
+    """``(row, col)`` of every True entry of a 2-D grid, row-major."""
+    return [(int(by), int(bx)) for by, bx in zip(*np.nonzero(hits), strict=True)]
+
+
 def select_blocks(
     mask: np.ndarray, shape: tuple[int, int], block: int, margin: int = 0
 ) -> list[tuple[int, int]]:
@@ -312,8 +317,7 @@ def select_blocks(
     >>> select_blocks(mask, (800, 800), 200, margin=150)
     [(0, 0), (0, 1), (1, 0), (1, 1)]
     """
-    hits = _touching(mask, shape, block, margin)
-    return [(int(by), int(bx)) for by, bx in zip(*np.nonzero(hits), strict=True)]
+    return _indices(_touching(mask, shape, block, margin))
 
 
 def tissue_cells(
@@ -364,8 +368,7 @@ def select_blocks_and_cells(
     ([(0, 0)], 4)
     """
     integral = _integral(np.asarray(mask, bool)) if np.ndim(mask) == 2 else None
-    hits = _touching(mask, shape, block, margin, integral)
-    blocks = [(int(by), int(bx)) for by, bx in zip(*np.nonzero(hits), strict=True)]
+    blocks = _indices(_touching(mask, shape, block, margin, integral))
     return blocks, _touching(mask, shape, cell, margin, integral)
 
 

@@ -192,8 +192,10 @@ def _n_threads(client: Any) -> int:
     import os
 
     if client is not None:
+        from segpipe.cluster import worker_threads
+
         try:
-            return max(1, sum(client.nthreads().values()))
+            return worker_threads(client)
         except Exception:
             pass
     return os.cpu_count() or 1

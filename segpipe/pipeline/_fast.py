@@ -63,8 +63,7 @@ def fits_fast_path(shape: tuple[int, int], config: SegpipeConfig, max_blocks: in
     >>> fits_fast_path((1024, 1024), load_config(None, {}))
     True
     """
-    spec = config.ingest_spec()
-    block = spec.shard or spec.chunk
+    block = config.ingest_spec().block
     n = math.ceil(shape[0] / block) * math.ceil(shape[1] / block)
     return 0 < n <= max_blocks
 
