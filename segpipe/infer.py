@@ -134,7 +134,7 @@ class _Job:
     """Everything a block task needs, all small and picklable."""
 
     image_url: str  # level-0 array
-    tmp_url: str
+    tmp_url: str  # provisional ids (pass 1); the labels array itself when the image is one block
     labels_url: str  # level-0 array
     classes_url: str | None
     grid: BlockGrid
@@ -149,6 +149,7 @@ class _Job:
     device: str | None = None  # None: CUDA when the worker has it, else CPU
     cell: int = 128  # side of the tissue cells (segpipe.predict.MASK_CELL)
     context: int | None = None  # px predicted around masked rectangles (None: from the card)
+    edge: int = 0  # see _clear_edges
 
 
 _POOL_ALIGN = 16  # down-sampling factor of the built-in U-Nets (and a divisor of chunk sizes)
@@ -201,12 +202,34 @@ def _cells_of(
     return np.ascontiguousarray(cells[wy0 // cell : -(-wy1 // cell), wx0 // cell : -(-wx1 // cell)])
 
 
+def _clear_edges(probs: np.ndarray, grid: BlockGrid, block: tuple[int, int], edge: int) -> None:
+    """Set the outer ``edge`` px of a window to background (probability 0), on the sides
+    inside the image: there the model saw padding instead of the image, so a pixel may be
+    foreground in the window and not in the whole image. Left in, such pixels can join two
+    objects of the core into one window label — a merge the whole image does not have
+    (found by ``test_pointwise_tiled_equals_whole_image_property``). With ``edge`` = the
+    model's radius every remaining pixel is exact, so the window's connected components
+    only join what the whole image joins. Binary models only (``edge`` is 0 otherwise)."""
+    if edge <= 0:
+        return
+    wy0, wx0, wy1, wx1 = grid.window(block)
+    if wy0 > 0:
+        probs[:, :edge] = 0
+    if wy1 < grid.shape[0]:
+        probs[:, -edge:] = 0
+    if wx0 > 0:
+        probs[:, :, :edge] = 0
+    if wx1 < grid.shape[1]:
+        probs[:, :, -edge:] = 0
+
+
 def _finish(
     job: _Job, block: tuple[int, int], raw: np.ndarray, probs: np.ndarray, card: Any
 ) -> tuple[BlockRecord, Partial]:
     """Labels, provisional core ids (written to the temporary array), border record, partial."""
     from segpipe.postprocess import to_labels
 
+    _clear_edges(probs, job.grid, block, job.edge)
     seg = to_labels(probs, card)
     del probs
     grid = job.grid
@@ -310,12 +333,23 @@ def _select(
         if bad:
             raise ConfigError(f"blocks {bad[:3]} are outside the {grid.grid_shape} block grid")
         return chosen, None, None
-    from segpipe.tissue import select_blocks_and_cells, tissue_mask
+    from segpipe.tissue import select_from_thumb
 
-    mask = tissue_mask(thumb, modality)
     # grown by the halo: objects at the tissue edge up to the halo in size are kept whole
-    chosen, cells = select_blocks_and_cells(mask, grid.shape, grid.block[0], cell, grid.halo)
-    return sorted(chosen), float(mask.mean()), None if cells.all() else cells
+    chosen, cells, fraction = select_from_thumb(thumb, modality, grid.shape, grid.block[0], cell, grid.halo)
+    return sorted(chosen), fraction, None if cells.all() else cells
+
+
+def _edge(model: Model, scale: float, halo: int) -> int:
+    """Level-0 px of a window edge whose probabilities lack context (:func:`_clear_edges`):
+    the receptive radius of a binary model that states one (the classical model's
+    smoothing), else 0 — a network's receptive field fades instead of ending, and its
+    windows are left whole. Never more than leaves the core and 2 px around it."""
+    radius = getattr(model.module, "radius", 0)
+    if model.card.task != "binary" or not radius:
+        return 0
+    edge = math.ceil(radius / scale) + (0 if scale == 1.0 else 2)
+    return max(0, min(edge, halo - 2))
 
 
 def _has_gpu(client: Any) -> bool:
@@ -428,14 +462,18 @@ def segment_image(
                            storage_options=storage_options)  # fmt: skip
         classes_url = join_url(zarr_url, "labels", f"{name}-classes")
     labels_url = join_url(zarr_url, "labels", name)
-    tmp_url = join_url(zarr_url, f"{_TMP_PREFIX}{name}")
-    _create_tmp(tmp_url, labels_arr, storage_options)
+    # One block: its provisional ids are the final ids (no border to stitch, offset 0), so
+    # pass 1 writes the labels directly and there is no pass 2.
+    direct = grid.n_blocks == 1
+    tmp_url = join_url(labels_url, "0") if direct else join_url(zarr_url, f"{_TMP_PREFIX}{name}")
+    if not direct:
+        _create_tmp(tmp_url, labels_arr, storage_options)
     job = _Job(
         image_url=image_url, tmp_url=tmp_url, labels_url=join_url(labels_url, "0"),
         classes_url=None if classes_url is None else join_url(classes_url, "0"), grid=grid,
         stats=stats, modality=meta.modality, scale=scale, semantic=semantic,
         storage_options=storage_options, predict_grid=predict_grid, batch=batch, device=device,
-        cell=MASK_CELL, context=mask_context(card.halo, scale),
+        cell=MASK_CELL, context=mask_context(card.halo, scale), edge=_edge(loaded, scale, halo),
     )  # fmt: skip
     pieces = {b: _cells_of(cells, grid, b, MASK_CELL) for b in todo}
     timings["prepare"] = time.perf_counter() - t_start
@@ -450,12 +488,13 @@ def segment_image(
 
     try:
         if client is None:
-            columns_partial, t = _local(job, todo, loaded, tick, pieces)
+            columns_partial, t = _local(job, todo, loaded, tick, pieces, direct)
         else:
-            columns_partial, t = _distributed(job, todo, model, client, tick, pieces)
+            columns_partial, t = _distributed(job, todo, model, client, tick, pieces, direct)
         timings.update(t)
     finally:
-        remove(tmp_url, storage_options)
+        if not direct:
+            remove(tmp_url, storage_options)
     t0 = time.perf_counter()
     finalize_labels(zarr_url, name, client=client, storage_options=storage_options)
     if classes_url is not None:
@@ -494,6 +533,7 @@ def _local(
     model: Any,
     tick: Callable[[], None],
     pieces: dict[tuple[int, int], np.ndarray | None],
+    direct: bool = False,
 ) -> tuple[Partial, dict[str, float]]:
     t0 = time.perf_counter()
     records, parts = _pass1(job, todo, model, tick, [pieces[b] for b in todo])
@@ -503,7 +543,7 @@ def _local(
     out = []
     for record, part in zip(records, parts, strict=True):
         if record.count:
-            out.append(_pass2(job, record.block, *relabel.for_block(record.block), part))
+            out.append(part if direct else _pass2(job, record.block, *relabel.for_block(record.block), part))
         tick()
     merged = merge_partials(out) if out else Partial.empty(_n_channels(job))
     return merged, {"pass1": t1 - t0, "plan": t2 - t1, "pass2": time.perf_counter() - t2}
@@ -520,6 +560,7 @@ def _distributed(
     client: Any,
     tick: Callable[[], None],
     pieces: dict[tuple[int, int], np.ndarray | None],
+    direct: bool = False,
 ) -> tuple[Partial, dict[str, float]]:
     from distributed import as_completed
 
@@ -559,7 +600,9 @@ def _distributed(
     second = []
     for record in records:
         b = record.block
-        if record.count:
+        if record.count and direct:  # already final (one-block image): ticked below
+            second.append(parts[b])
+        elif record.count:
             second.append(client.submit(
                 _pass2, job, b, *relabel.for_block(b), parts[b],
                 key=f"segpipe-pass2-{token}-{b[0]}-{b[1]}", retries=2, pure=False,

@@ -224,9 +224,7 @@ def provisional_block(
     if grid.halo < 1 and grid.n_blocks > 1:
         raise ConfigError("halo=0: stitching needs a halo of at least 1 pixel; raise the halo")
     core = window_labels[grid.core_in_window(block)]
-    window_ids = np.unique(core)
-    window_ids = window_ids[window_ids != 0]
-    core_ids = _rank(core, window_ids)
+    window_ids, core_ids = _ids_and_ranks(core)
     faces: dict[Index, FaceRecord] = {}
     for n in grid.neighbours(block):
         pb, pn = pair_coords(grid, block, n, connectivity)
@@ -246,6 +244,19 @@ def provisional_block(
             pair=nz.astype(np.int32), ids=_rank(lp, window_ids), same=same.astype(bool)
         )
     return core_ids, BlockRecord(block=block, count=len(window_ids), faces=faces), window_ids
+
+
+def _ids_and_ranks(core: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted non-zero ids of ``core`` and ``core`` under :func:`_rank` of them."""
+    top = int(core.max(initial=0))
+    if core.dtype.kind in "ui" and top <= 4 * core.size:  # dense ids: a lookup table, no sort
+        present = np.bincount(core.ravel(), minlength=top + 1) > 0
+        present[0] = False
+        ranks = np.cumsum(present).astype(np.uint32)
+        return np.flatnonzero(present).astype(core.dtype), ranks[core]
+    window_ids = np.unique(core)
+    window_ids = window_ids[window_ids != 0]
+    return window_ids, _rank(core, window_ids)
 
 
 def _rank(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
