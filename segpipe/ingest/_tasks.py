@@ -70,7 +70,9 @@ def _open_level(
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's
 # mmap threshold at 128 KiB: every decoded tile, block, codec buffer and downsampled piece
 # (all ≥ 128 KiB) is then a fresh mmap whose pages fault in one by one and go back to the
-# OS on free — ~5 page faults per byte ingested, a third of the task's CPU. While an ingest
+# OS on free — ~5 page faults per byte ingested, a third of the task's CPU. (segpipe's own
+# clusters start workers with segpipe.cluster.WORKER_MALLOC_ENV instead: 32 MiB / 16 MiB;
+# a slide's shards are larger than that.) While an ingest
 # runs, its tasks raise both thresholds in their worker process so these buffers are reused
 # from the heap (the heap stays as large as the largest task's working set: a few blocks);
 # when the ingest ends, ``ingest_image`` sets them back to what the environment asked for
