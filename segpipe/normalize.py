@@ -31,6 +31,7 @@ add a constant or rescale, which the percentile normalisation removes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -137,10 +138,10 @@ def convert_channels(raw: np.ndarray, channel_mode: str, modality: str) -> np.nd
     """
     raw = _check(raw, modality, "raw")
     c = raw.shape[0]
-    rgb_like = c >= 3 and (modality == "brightfield" or (modality == "grey" and c <= 4))
+    passed = _passed_through(raw, channel_mode, modality)
+    if passed is not None:
+        return passed.astype(np.float32)
     if channel_mode == "rgb":
-        if c >= 3:
-            return raw[:3].astype(np.float32)
         return np.repeat(raw[:1].astype(np.float32), 3, axis=0)
     if channel_mode == "nuclear" and modality == "brightfield" and c >= 3:
         return _hematoxylin(raw)[None]
@@ -149,9 +150,18 @@ def convert_channels(raw: np.ndarray, channel_mode: str, modality: str) -> np.nd
     if modality == "brightfield":
         grey = _luminance(raw) if c >= 3 else raw[0].astype(np.float32)
         return -grey[None]  # inverted: dark objects on a bright background become bright
-    if rgb_like:
-        return _luminance(raw)[None]
-    return raw[:1].astype(np.float32)
+    return _luminance(raw)[None]  # RGB-like grey / fluorescence
+
+
+def _passed_through(raw: np.ndarray, channel_mode: str, modality: str) -> np.ndarray | None:
+    """The channels :func:`convert_channels` only casts to float32 (None: it computes others)."""
+    c = raw.shape[0]
+    if channel_mode == "rgb":
+        return raw[:3] if c >= 3 else None
+    rgb_like = c >= 3 and (modality == "brightfield" or (modality == "grey" and c <= 4))
+    if channel_mode in ("grey", "nuclear") and modality != "brightfield" and not rgb_like:
+        return raw[:1]
+    return None
 
 
 def thumbnail(image: np.ndarray, max_side: int = 2048) -> np.ndarray:
@@ -198,13 +208,38 @@ def image_stats(thumb: np.ndarray, card: ModelCard, modality: str) -> ImageStats
         Percentiles of each *converted* channel (after the channel mode).
     """
     _check(thumb, modality, "thumb")
-    x = convert_channels(np.asarray(thumb), card.channel_mode, modality)
+    thumb = np.asarray(thumb)
+    # channels used as they are keep their integer dtype: percentiles from a histogram
+    x = _passed_through(thumb, card.channel_mode, modality)
+    if x is None or x.dtype.kind not in "ui":
+        x = convert_channels(thumb, card.channel_mode, modality)
     flat = x.reshape(x.shape[0], -1)
-    flat = flat[:, np.isfinite(flat).all(axis=0)]
+    if flat.dtype.kind == "f":
+        flat = flat[:, np.isfinite(flat).all(axis=0)]
     if flat.shape[1] == 0:
         raise ConfigError("image_stats: the thumbnail has no finite pixels")
-    q = np.percentile(flat, [card.normalisation.low, card.normalisation.high], axis=1)
+    q = _percentiles(flat, [card.normalisation.low, card.normalisation.high])
     return ImageStats(low=tuple(q[0].tolist()), high=tuple(q[1].tolist()))
+
+
+def _percentiles(flat: np.ndarray, qs: Sequence[float]) -> np.ndarray:
+    """``np.percentile(flat, qs, axis=1)`` (``(len(qs), C)``); for 8/16-bit integers from
+    a histogram instead of a partition — the same values, ~8× faster on a 1024² level."""
+    if flat.dtype.kind not in "ui" or flat.dtype.itemsize > 2 or flat.shape[1] < 2:
+        return np.asarray(np.percentile(flat, qs, axis=1), np.float64)
+    n = flat.shape[1]
+    virtual = (n - 1) * (np.asarray(qs, np.float64) / 100)  # numpy's "linear" method
+    below = np.floor(virtual)
+    gamma = virtual - below
+    ranks = np.stack([below, np.minimum(below + 1, n - 1)]).astype(np.int64)
+    out = np.empty((len(qs), flat.shape[0]), np.float64)
+    for c, row in enumerate(flat):
+        low = 0 if row.dtype.kind == "u" else int(row.min())
+        cum = np.cumsum(np.bincount(row if low == 0 else row.astype(np.int32) - low))
+        a, b = (np.searchsorted(cum, ranks, side="right") + low).astype(np.float64)
+        diff = b - a  # numpy's _lerp, for bit-identical results
+        out[:, c] = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+    return out
 
 
 def stats_from_image(

@@ -144,17 +144,20 @@ def _perimeter_shares(padded: np.ndarray) -> np.ndarray:
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
         inner |= lab[1 + dy : lab.shape[0] - 1 + dy, 1 + dx : lab.shape[1] - 1 + dx] != mid
     border &= inner
-    centre = lab[2:-2, 2:-2]
-    code = border[1:-1, 1:-1].astype(np.int64)
+    # the neighbourhood code only at the (few) border pixels of the centre
+    ys, xs = np.nonzero(border[1:-1, 1:-1])
+    centre = lab[ys + 2, xs + 2]
+    code = np.ones(len(ys), np.uint8)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             if dy == dx == 0:
                 continue
             weight = 2 if dy == 0 or dx == 0 else 10
-            nb = border[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-            same = lab[2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w] == centre
-            code += weight * (nb & same)
-    return np.where(border[1:-1, 1:-1], _PERIMETER_WEIGHTS[code], 0.0)
+            same = border[ys + 1 + dy, xs + 1 + dx] & (lab[ys + 2 + dy, xs + 2 + dx] == centre)
+            code += np.uint8(weight) * same
+    out = np.zeros((h, w), np.float64)
+    out[ys, xs] = _PERIMETER_WEIGHTS[code]
+    return out
 
 
 def partial_stats(

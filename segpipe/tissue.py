@@ -40,6 +40,7 @@ __all__ = [
     "select_blocks",
     "tissue_cells",
     "select_blocks_and_cells",
+    "select_from_thumb",
     "block_fraction_skipped",
 ]
 
@@ -169,6 +170,23 @@ def tissue_mask(
     (True, False)
     """
     thumb = np.asarray(thumb)
+    mask, f = _work_mask(thumb, modality, min_separation, min_object_fraction, max_hole_fraction)
+    if f == 1:
+        return mask
+    y, x = thumb.shape[-2:]
+    return mask.repeat(f, axis=0).repeat(f, axis=1)[:y, :x]
+
+
+def _work_mask(
+    thumb: np.ndarray,
+    modality: str,
+    min_separation: float = MIN_SEPARATION,
+    min_object_fraction: float = 0.001,
+    max_hole_fraction: float = 0.01,
+) -> tuple[np.ndarray, int]:
+    """:func:`tissue_mask` at its working resolution, and the factor ``f`` it was reduced by:
+    mask pixel ``(i, j)`` covers thumbnail pixels ``[i f, (i + 1) f) × [j f, (j + 1) f)``
+    (the last row / column may reach past the thumbnail's edge)."""
     if thumb.ndim == 2:
         thumb = thumb[None]
     if thumb.ndim != 3 or min(thumb.shape[1:]) < 1:
@@ -181,14 +199,13 @@ def tissue_mask(
     y, x = thumb.shape[1:]
     f = max(1, -(-max(y, x) // WORK_SIZE))
     if f > 1:
-        pad = ((0, 0), (0, -y % f), (0, -x % f))
-        small = np.pad(np.asarray(thumb, np.float32), pad, mode="edge")
-        small = small.reshape(small.shape[0], small.shape[1] // f, f, small.shape[2] // f, f)
-        mask = _mask(
-            small.mean(axis=(2, 4)), mode, min_separation, min_object_fraction, max_hole_fraction
-        )
-        return mask.repeat(f, axis=0).repeat(f, axis=1)[:y, :x]
-    return _mask(thumb, mode, min_separation, min_object_fraction, max_hole_fraction)
+        small = np.asarray(thumb, np.float32)
+        if y % f or x % f:
+            small = np.pad(small, ((0, 0), (0, -y % f), (0, -x % f)), mode="edge")
+        c, py, px = small.shape  # f×f block means: rows first, then columns (2× a 5-D mean)
+        small = small.reshape(c, py // f, f, px).sum(axis=2)
+        thumb = small.reshape(c, py // f, px // f, f).sum(axis=3) / (f * f)
+    return _mask(thumb, mode, min_separation, min_object_fraction, max_hole_fraction), f
 
 
 def _mask(
@@ -245,9 +262,11 @@ def _touching(
     size: int,
     margin: int,
     integral: np.ndarray | None = None,
+    mask_px: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """``(ceil(Y/size), ceil(X/size))`` bool: squares of a level-0 grid within ``margin`` px
-    of the foreground (grown by one mask pixel)."""
+    of the foreground (grown by one mask pixel). ``mask_px``: level-0 px per mask pixel
+    (default: the mask covers exactly the image)."""
     mask = np.asarray(mask, bool)
     if mask.ndim != 2 or size <= 0 or margin < 0:
         raise ConfigError(
@@ -258,17 +277,17 @@ def _touching(
     my, mx = mask.shape
     if integral is None:
         integral = _integral(mask)
+    py, px = mask_px or (Y / my, X / mx)  # level-0 px per mask px
 
-    def ranges(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    def ranges(n: int, m: int, s: float) -> tuple[np.ndarray, np.ndarray]:
         start = np.arange(0, n, size)
         end = np.minimum(start + size, n)
-        s = n / m  # level-0 px per mask px
         lo = np.floor(np.maximum(start - margin, 0) / s).astype(np.int64)
         hi = np.minimum(np.ceil(np.minimum(end + margin, n) / s).astype(np.int64), m)
         return lo, hi
 
-    i0, i1 = ranges(Y, my)
-    j0, j1 = ranges(X, mx)
+    i0, i1 = ranges(Y, my, py)
+    j0, j1 = ranges(X, mx, px)
     total = (
         integral[i1[:, None], j1[None, :]]
         - integral[i0[:, None], j1[None, :]]
@@ -370,6 +389,38 @@ def select_blocks_and_cells(
     integral = _integral(np.asarray(mask, bool)) if np.ndim(mask) == 2 else None
     blocks = _indices(_touching(mask, shape, block, margin, integral))
     return blocks, _touching(mask, shape, cell, margin, integral)
+
+
+def select_from_thumb(
+    thumb: np.ndarray, modality: str, shape: tuple[int, int], block: int, cell: int, margin: int = 0
+) -> tuple[list[tuple[int, int]], np.ndarray, float]:
+    """:func:`tissue_mask` of ``thumb`` and :func:`select_blocks_and_cells` of it, worked out
+    on the mask's working resolution (no thumbnail-sized copy): the blocks, the cells and
+    the foreground fraction of the image.
+
+    The mask is then grown by one *working* pixel, up to ``ceil(long side / WORK_SIZE)``
+    thumbnail pixels: a little more is predicted, never less.
+
+    Examples
+    --------
+    >>> thumb = np.zeros((1, 1024, 1024), np.uint8); thumb[0, 100:300, 100:300] = 200
+    >>> blocks, cells, fraction = select_from_thumb(thumb, "fluorescence", (4096, 4096), 2048, 512)
+    >>> blocks, int(cells.sum()), round(fraction, 3)
+    ([(0, 0)], 9, 0.04)
+    """
+    thumb = np.asarray(thumb)
+    mask, f = _work_mask(thumb, modality)
+    y, x = thumb.shape[-2:]
+    Y, X = (int(v) for v in shape)
+    mask_px = (f * Y / y, f * X / x)
+    integral = _integral(mask)
+    blocks = _indices(_touching(mask, shape, block, margin, integral, mask_px))
+    cells = _touching(mask, shape, cell, margin, integral, mask_px)
+    # the thumbnail pixels each mask row / column covers (the last ones may be cut)
+    wy = np.minimum(f, y - f * np.arange(mask.shape[0]))
+    wx = np.minimum(f, x - f * np.arange(mask.shape[1]))
+    fraction = float(wy @ mask.astype(np.float64) @ wx) / (y * x)
+    return blocks, cells, fraction
 
 
 def block_fraction_skipped(mask: np.ndarray, shape: tuple[int, int], block: int) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from skimage.color import rgb2hed
 
 from segpipe.errors import ConfigError
@@ -169,3 +171,23 @@ def test_stats_from_image_match_the_pipeline_on_uint8_he() -> None:
         image_stats(level, card, "brightfield").low,
         atol=0.05,
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from([np.uint8, np.uint16, np.int8, np.int16]),
+    n=st.integers(2, 3000),
+    channels=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+    q=st.floats(0, 100),
+)
+def test_integer_percentiles_equal_numpy(dtype, n, channels, seed, q):
+    """image_stats reads 8/16-bit levels through a histogram: the same floats as np.percentile."""
+    from segpipe.normalize import _percentiles
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(info.min, info.max, size=(channels, n), endpoint=True).astype(dtype)
+    x[:, : n // 2] //= 17  # ties and a skewed histogram
+    qs = [q, 1.0, 99.8, 0.0, 100.0]
+    np.testing.assert_array_equal(_percentiles(x, qs), np.percentile(x, qs, axis=1))
