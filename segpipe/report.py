@@ -64,10 +64,11 @@ def _when(value: datetime | None) -> str:
 
 
 def _data_uri(image: Any) -> str:
-    # zlib level 3: ~10x faster than optimize=True and no larger on noisy thumbnails
+    # JPEG, 4:4:4 (thin coloured contours stay sharp): 0.5 ms and 30 kB for a 320² thumbnail,
+    # against 12 ms and 100 kB as PNG, which made the report a visible part of a run
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=3)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    image.convert("RGB").save(buf, format="JPEG", quality=90, subsampling=0)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _rgb(c: tuple[int, int, int]) -> str:

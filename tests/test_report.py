@@ -61,7 +61,7 @@ def test_report_is_self_contained(report: Path, tmp_path: Path) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
     assert "url(" not in page and "<script" not in page and "<link" not in page
     srcs = re.findall(r'<img[^>]* src="([^"]+)"', page)
-    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 4 and all(s.startswith("data:image/jpeg;base64,") for s in srcs)
     assert "default-src 'none'" in page  # CSP: the browser may not fetch anything else
     assert "truncated tile &lt;3, 4&gt;" in page  # errors are escaped
     assert not list(report.parent.glob(".*.tmp"))
@@ -78,7 +78,7 @@ def test_report_on_s3(s3: Any) -> None:
     url = write_report(results, "run1", storage_options=s3.storage_options)
     assert url == f"{results}/reports/run1.html"
     page = s3.fs.cat(url).decode()
-    assert page.count("data:image/png;base64,") == 4 and "slide-b" in page
+    assert page.count("data:image/jpeg;base64,") == 4 and "slide-b" in page
 
 
 @pytest.mark.skipif(
