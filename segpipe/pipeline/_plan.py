@@ -10,6 +10,7 @@ row) and its report under the results lock, and the command is done in about a s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -51,9 +52,10 @@ def peek_model(name: str, *, fallback: str | None = None) -> ModelRef | None:
     """:func:`~segpipe.pipeline.resolve_model` for a built-in name, without loading it.
 
     The weights' sha256 is the one in the installed card (``weights/<name>.json``), which
-    is what ``resolve_model`` records too; the weights themselves are checked when the model
-    is loaded to segment something. Returns None for anything else (a weights path), which
-    the caller then resolves the normal way.
+    is what ``resolve_model`` records too, checked against the weights file (hashlib, no
+    torch: the driver of a run never imports it). Returns None for anything else (a weights
+    path) and for weights that do not match their card, which the caller then resolves the
+    normal way (loading them, with the full error).
     """
     if name not in BUILTIN_MODELS:
         return None
@@ -68,8 +70,14 @@ def peek_model(name: str, *, fallback: str | None = None) -> ModelRef | None:
         return None if ref is None else ModelRef(ref.name, ref.sha256, note, ref.source)
     try:
         sha256 = json.loads(card.read_text(encoding="utf-8")).get("sha256")
+        digest = hashlib.sha256()
+        with open(weights, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
     except (OSError, ValueError):
         return None
+    if not sha256 or digest.hexdigest() != sha256:
+        return None  # damaged weights: loading them gives the full error
     return ModelRef(name=name, sha256=sha256)
 
 

@@ -134,6 +134,11 @@ def resolve_model(name: str, *, fallback: str | None = None) -> ModelRef:
         Used instead when ``name`` is a built-in whose weights are not installed (the note
         says so); None raises :class:`ModelError` then.
     """
+    from segpipe.pipeline._plan import peek_model
+
+    ref = peek_model(name, fallback=fallback)  # a built-in with intact weights: no torch needed
+    if ref is not None:
+        return ref
     from segpipe import models
 
     is_installed = getattr(models, "is_installed", None)
