@@ -50,6 +50,10 @@ ADDRESS_ENV = "SEGPIPE_DASK_ADDRESS"
 
 #: glibc malloc settings for local worker processes (see the module docstring).
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
+# What the user set, read before any Dask nanny of this process ran: a nanny copies its
+# pre-spawn variables into this process's environment, where the next nanny would take them
+# for the user's (distributed.nanny._get_env_variables).
+_USER_MALLOC_ENV = {k: os.environ[k] for k in WORKER_MALLOC_ENV if k in os.environ}
 
 
 def _visible_devices() -> list[str] | None:
@@ -165,8 +169,10 @@ def connect(
         threads_per_worker = threads_per_worker or max(1, min(2, cores // n_workers))
     if memory_limit is not None:
         kwargs["memory_limit"] = memory_limit
-    environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}
-    with dask.config.set(environ):  # read by each Nanny as it is made
+    malloc = {**WORKER_MALLOC_ENV, **_USER_MALLOC_ENV}  # a value the user set wins
+    if processes:
+        os.environ.update(malloc)  # the nanny prefers this process's environment to its config
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in malloc.items()}):
         client = Client(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,

@@ -30,6 +30,8 @@ def _malloc_env() -> tuple[str | None, str | None]:
 
 def test_local_cluster_starts_and_closes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    # what an earlier Dask nanny of this process leaves behind must not win over segpipe's
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     with cluster_client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
         assert client.submit(_inc, 1).result() == 2
         # workers reuse image-sized buffers (not Dask's MALLOC_TRIM_THRESHOLD_=65536)

@@ -348,6 +348,7 @@ def test_malloc_thresholds_raised_per_ingest_and_restored(monkeypatch: pytest.Mo
         ingest, "_mallopt", lambda m, t, trim=False: calls.append((m, t, trim)) or True
     )
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)  # a nanny of this process may have set it
     ingest._roomy_malloc("a")
     ingest._roomy_malloc("a")  # every task of an ingest calls it; set once
     ingest._roomy_malloc("b")  # a second ingest on the same worker
