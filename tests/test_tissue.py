@@ -248,3 +248,34 @@ def test_tissue_cells_cover_every_foreground_pixel_grown_by_the_margin(
     full = ndi.binary_dilation(mask[ys][:, xs], np.ones((2 * margin + 1,) * 2, bool))
     kept = np.repeat(np.repeat(cells, cell, 0), cell, 1)[:Y, :X]
     assert not (full & ~kept).any()  # no level-0 pixel within the margin of tissue is dropped
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    y=st.integers(8, 1500),
+    x=st.integers(8, 1500),
+    up=st.sampled_from([1, 3, 8]),
+    cell=st.sampled_from([64, 128]),
+    margin=st.integers(0, 40),
+    seed=st.integers(0, 10_000),
+)
+def test_select_from_thumb_keeps_what_the_full_mask_keeps(
+    y: int, x: int, up: int, cell: int, margin: int, seed: int
+) -> None:
+    """The working-resolution shortcut never drops a block or cell the thumbnail-sized mask
+    keeps, and measures the same foreground fraction."""
+    from segpipe.tissue import select_blocks_and_cells, select_from_thumb
+
+    rng = np.random.default_rng(seed)
+    thumb = np.zeros((1, y, x), np.uint8)
+    for _ in range(3):  # bright rectangles of "tissue" on a dark background
+        cy, cx = rng.integers(0, y), rng.integers(0, x)
+        thumb[0, cy : cy + rng.integers(2, y // 2 + 3), cx : cx + rng.integers(2, x // 2 + 3)] = 180
+    thumb += rng.integers(0, 20, thumb.shape, dtype=np.uint8)
+    shape = (y * up, x * up)
+    mask = tissue_mask(thumb, "fluorescence")
+    blocks, cells = select_blocks_and_cells(mask, shape, 4 * cell, cell, margin)
+    blocks2, cells2, fraction = select_from_thumb(thumb, "fluorescence", shape, 4 * cell, cell, margin)
+    assert set(blocks) <= set(blocks2)
+    assert not (cells & ~cells2).any()
+    assert fraction == pytest.approx(float(mask.mean()), abs=1e-9)
