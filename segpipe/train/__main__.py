@@ -15,7 +15,7 @@ import shlex
 import sys
 from typing import Any
 
-from segpipe.errors import SegpipeError
+from segpipe.errors import ConfigError, SegpipeError
 from segpipe.train._config import PRESETS, TrainConfig, preset_config
 from segpipe.train._loop import train
 
@@ -24,8 +24,11 @@ _OPTIONS: dict[str, type] = {
     "channel_mode": str, "mpp": float, "preset": str, "crop": int, "batch_size": int,
     "steps": int, "epoch_steps": int, "lr": float, "boundary": str, "seed": int, "device": str,
     "patience": int, "threads": int, "pool": int, "val_images": int, "checkpoint": str,
-    "init": str,
+    "init": str, "balance": str, "balanced": float, "intensity": str, "synthetic_shape": int,
+    "context_truncate": float, "select": str,
 }
+#: options given as comma-separated lists of numbers
+_LISTS: tuple[str, ...] = ("context", "class_weights")
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -36,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--out", required=True, help="weights path (the card is written beside it)")
     for name, typ in _OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
+    for name in _LISTS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                       help="comma-separated numbers")
     p.add_argument("--classes", default=None, help="comma-separated class names, background first")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -43,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="only re-tune the post-processing of the model saved at --out on the validation set")
     args = p.parse_args(argv)
     over: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None and k not in ("recipe", "tune_only")}
+    for name in _LISTS:
+        if name in over:
+            try:
+                over[name] = [float(v) for v in str(over[name]).split(",") if v.strip()]
+            except ValueError:
+                raise ConfigError(f"--{name.replace('_', '-')} {over[name]!r}: give comma-separated numbers") from None
     if args.classes:
         over["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     # `--preset nuclei` names a recipe; `--preset light` a U-Net size

@@ -121,13 +121,23 @@ def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float = 0.05,
     return (np.moveaxis(out, -1, 0) * 255.0).astype(np.float32)
 
 
-def intensity_jitter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def intensity_jitter(x: np.ndarray, rng: np.random.Generator, mode: str = "strong") -> np.ndarray:
     """Contrast / brightness, gamma, blur and Gaussian noise on a prepared ``(C, Y, X)`` input.
 
-    Wide on purpose (contrast ×0.4–1.6, gamma 0.5–2, blur σ up to 2 px, noise σ up to 0.12):
-    the percentile normalisation maps most images to 0..1, but real images differ from the
-    synthetic ones in contrast, saturation, sharpness and noise.
+    ``strong`` is wide on purpose (contrast ×0.4–1.6, gamma 0.5–2, blur σ up to 2 px, noise σ
+    up to 0.12): the percentile normalisation maps most images to 0..1, but real images differ
+    from the synthetic ones in contrast, saturation, sharpness and noise. ``mild`` (contrast
+    ×0.8–1.25, offset ±0.1, gamma 0.8–1.25, blur σ up to 1 px, no added noise) keeps faint,
+    low-contrast features (the defects model's stains) above the generator's own noise.
     """
+    if mode == "mild":
+        x = x * float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)))) + rng.uniform(-0.1, 0.1)
+        if rng.random() < 0.3:
+            g = np.exp(rng.uniform(-0.22, 0.22))
+            x = np.sign(x) * np.abs(x) ** g
+        if rng.random() < 0.2:
+            x = np.stack([ndi.gaussian_filter(ch, rng.uniform(0.3, 1.0)) for ch in x])
+        return np.asarray(x, np.float32)
     x = x * float(np.exp(rng.uniform(np.log(0.4), np.log(1.6)))) + rng.uniform(-0.2, 0.2)
     if rng.random() < 0.4:
         g = np.exp(rng.uniform(-0.7, 0.7))

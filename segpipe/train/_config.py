@@ -38,6 +38,10 @@ class TrainConfig(BaseModel):
     widths: list[int] | None = Field(
         None, description="U-Net feature widths per level (last = bottleneck); overrides preset"
     )
+    context: list[float] | None = Field(
+        None, description="U-Net fixed difference-of-Gaussians input bands: increasing sigmas (px)"
+    )
+    context_truncate: float = Field(3.0, ge=1.0, le=4.0, description="context blur radius in sigmas")
     crop: int = Field(160, ge=32, le=1024, description="training crop size (multiple of 16)")
     batch_size: int = Field(8, ge=1, le=512)
     steps: int = Field(2000, ge=1, description="optimizer steps in total")
@@ -50,6 +54,11 @@ class TrainConfig(BaseModel):
     boundary: Literal["inner", "thick"] = Field("inner", description="boundary target width")
     scale_range: tuple[float, float] = Field((0.7, 1.4), description="zoom augmentation range")
     augment: bool = True
+    intensity: Literal["strong", "mild"] = Field(
+        "strong",
+        description="intensity augmentation: 'strong' (contrast x0.4-1.6, noise up to 0.12) or "
+        "'mild' (contrast x0.8-1.25, no added noise; for faint features)",
+    )
     stain_jitter: bool = Field(True, description="H&E stain jitter in optical-density space")
     balanced: float = Field(0.5, ge=0.0, le=1.0, description="share of class-balanced crops")
     balance: Literal["item", "class"] = Field(
@@ -61,6 +70,11 @@ class TrainConfig(BaseModel):
     pool: int = Field(48, ge=1, description="synthetic images per epoch (a fresh set every epoch)")
     synthetic_shape: int = Field(256, ge=64, description="side of generated synthetic images")
     val_images: int = Field(8, ge=1, description="synthetic validation images")
+    select: Literal["miou_fg", "miou"] = Field(
+        "miou_fg",
+        description="semantic: validation score picking the saved weights: mean IoU of the "
+        "foreground classes, or of all classes (background too: penalises flooding a class)",
+    )
     patience: int = Field(6, ge=1, description="epochs without improvement before stopping")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
@@ -91,6 +105,10 @@ class TrainConfig(BaseModel):
             raise ValueError(f"crop ({self.crop}) must be a multiple of 16")
         if self.widths is not None and (len(self.widths) < 2 or min(self.widths) < 1):
             raise ValueError(f"widths {self.widths} need at least two positive levels")
+        if self.context is not None and (
+            len(self.context) < 2 or min(self.context) <= 0 or self.context != sorted(set(self.context))
+        ):
+            raise ValueError(f"context {self.context} needs at least two increasing positive sigmas")
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range {self.scale_range} must be 0 < low <= high")
@@ -113,10 +131,16 @@ class TrainConfig(BaseModel):
 
     @property
     def architecture(self) -> dict[str, Any]:
-        """The card's ``architecture``: the preset, or explicit ``widths`` when given."""
+        """The card's ``architecture``: the preset, or explicit ``widths`` when given
+        (plus ``context`` when set)."""
         if self.widths is not None:
-            return {"type": "unet", "widths": list(self.widths), "batch_norm": True}
-        return {"type": "unet", "preset": self.preset, "batch_norm": True}
+            arch: dict[str, Any] = {"type": "unet", "widths": list(self.widths), "batch_norm": True}
+        else:
+            arch = {"type": "unet", "preset": self.preset, "batch_norm": True}
+        if self.context is not None:
+            arch["context"] = [float(s) for s in self.context]
+            arch["context_truncate"] = float(self.context_truncate)
+        return arch
 
     @property
     def in_channels(self) -> int:
@@ -131,7 +155,9 @@ class TrainConfig(BaseModel):
 
 
 #: Built-in recipes: ``preset_config("nuclei", out=...)`` gives the exact configuration the
-#: shipped weights were trained with (overrides for quick runs are allowed).
+#: shipped weights were trained with (overrides for quick runs are allowed). ``defects`` is
+#: stage 1 of the shipped defects weights; stage 2 fine-tunes them with coarse-context input
+#: bands (``context``; command in docs/models.md, "Coarse context").
 PRESETS: dict[str, dict[str, Any]] = {
     "nuclei": dict(
         name="nuclei",

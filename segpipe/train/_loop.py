@@ -40,15 +40,14 @@ def make_card(cfg: TrainConfig) -> Any:
         BUILTIN_CARDS,
         INSTANCE_OUTPUTS,
         ModelCard,
-        receptive_field,
-        suggested_halo,
     )
     from segpipe.models.unet import PRESETS as UNET_PRESETS
+    from segpipe.models.unet import halo_for
 
     arch = cfg.architecture
     base = BUILTIN_CARDS.get(cfg.name)
     depth = len(cfg.widths if cfg.widths is not None else UNET_PRESETS[cfg.preset]) - 1
-    halo = suggested_halo(receptive_field(depth))
+    halo = halo_for(depth, cfg.context, truncate=cfg.context_truncate)
     fields: dict[str, Any] = {}
     if base is not None and base.task == cfg.task and base.architecture.get("type") == "unet":
         fields = base.model_dump()
@@ -133,7 +132,7 @@ class Batcher:
             raw = np.clip(np.rint(raw), info.min, info.max).astype(dtype)
         x = prepare(raw, self.stats[i], self.card, item.modality)
         if augment:
-            x = intensity_jitter(x, rng)
+            x = intensity_jitter(x, rng, cfg.intensity)
         y = instance_target(tgt, cfg.boundary) if cfg.task == "instance" else tgt
         return x, y.astype(np.int64)
 
@@ -262,7 +261,8 @@ def validate(module: nn.Module, card: Any, cfg: TrainConfig, val: list[tuple[np.
             out[f"iou_{name}"] = float(v)
         fg = iou[1:]
         out["miou_fg"] = float(np.nanmean(fg)) if np.isfinite(fg).any() else 0.0
-        out["score"] = out["miou_fg"]
+        out["miou"] = float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0
+        out["score"] = out[cfg.select]
     return out
 
 
@@ -286,6 +286,29 @@ def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_s
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def load_init(module: nn.Module, state: dict[str, torch.Tensor], source: Any) -> None:
+    """Load ``state`` into ``module`` for fine-tuning; a convolution that now has more input
+    channels (a U-Net given ``context`` bands) keeps the old weights for the first ones and
+    starts the new ones at zero, so the network begins with the old one's output."""
+    own = module.state_dict()
+    fitted = {}
+    for key, value in state.items():
+        target = own.get(key)
+        if target is None:
+            raise ConfigError(f"{source}: init weights have {key!r}, which this network lacks")
+        if target.shape != value.shape:
+            grows = (value.ndim == 4 and target.ndim == 4 and target.shape[0] == value.shape[0]
+                     and target.shape[2:] == value.shape[2:] and target.shape[1] > value.shape[1])
+            if not grows:
+                raise ConfigError(f"{source}: init weight {key!r} has shape {tuple(value.shape)}, "
+                                  f"this network needs {tuple(target.shape)}")
+            padded = torch.zeros_like(target)
+            padded[:, : value.shape[1]] = value
+            value = padded
+        fitted[key] = value
+    module.load_state_dict(fitted)
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -322,7 +345,7 @@ def train(config: TrainConfig) -> TrainResult:
     if cfg.init is not None and not cfg.resume:
         from segpipe.models import load_model
 
-        module.load_state_dict(load_model(cfg.init, device="cpu").module.state_dict())
+        load_init(module, load_model(cfg.init, device="cpu").module.state_dict(), cfg.init)
     train_items, val_items = train_val_items(cfg)
     batcher = Batcher(cfg, card, train_items)
     val = validation_set(cfg, card, val_items)
