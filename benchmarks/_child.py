@@ -364,6 +364,38 @@ def loop(a: argparse.Namespace) -> dict[str, Any]:
     return {"runs": runs, "n_images": len(files)}
 
 
+def work(a: argparse.Namespace) -> dict[str, Any]:
+    """segpipe's per-image work without its orchestration: :func:`process_image` of each
+    file in a plain loop, one process, no Prefect, no Dask cluster (``--images`` first files)."""
+    import shutil
+
+    import dask
+
+    from segpipe.config import load_config
+    from segpipe.pipeline import process_image, resolve_model
+    from segpipe.tables import init_results
+
+    files = sorted(Path(a.source).glob("*.png"))[: a.images or None]
+    config = load_config(None, {})
+    ref = resolve_model(a.model)
+    out = Path(a.out)
+    runs = []
+    with dask.config.set(scheduler="sync"):
+        for i in range(a.repeats + 1):  # the first pass warms up
+            shutil.rmtree(out, ignore_errors=True)
+            init_results(str(out))
+            t = time.perf_counter()
+            for f in files:
+                outcome = process_image(str(f), f.stem, str(out), ref, config, None, "bench")
+                if outcome.status != "done":
+                    raise RuntimeError(f"{f}: {outcome.error}")
+            if i:
+                runs.append(time.perf_counter() - t)
+    if not a.keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"runs": runs, "n_images": len(files)}
+
+
 def cli(a: argparse.Namespace) -> dict[str, Any]:
     """``segpipe run SOURCE --out RESULTS --model M`` in a subprocess (the user's command)."""
     cmd = [
@@ -468,6 +500,7 @@ MODES = {
     "decode": decode,
     "loop": loop,
     "cli": cli,
+    "work": work,
     "profile": profile,
 }
 
@@ -482,6 +515,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--images", type=int, default=0, help="work mode: only the first N files")
     p.add_argument("--warmup", default=None)
     p.add_argument("--api", choices=("auto", "pipeline", "direct"), default="auto")
     p.add_argument(
