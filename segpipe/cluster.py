@@ -12,14 +12,6 @@ closes it):
   before any task imports torch), so GPU tasks submitted with ``resources={"GPU": 1}``
   spread one per card.
 
-Local workers start with glibc malloc settings that suit segmentation (:data:`WORKER_MALLOC_ENV`):
-Dask's default ``MALLOC_TRIM_THRESHOLD_=65536`` hands every freed page back to the OS at
-once and freezes the mmap threshold at 128 KiB, so each image-sized numpy temporary is a
-fresh mmap that faults in page by page — 2.5× the CPU of a plain loop's ``segment_array``
-on a 1024² image (measured, ``benchmarks/bench_overhead``). Buffers up to 32 MiB are reused
-from the heap instead, and at most 16 MiB of free heap top is kept. Workers you start
-yourself (``dask worker``) should get the same two variables (``deploy/`` does).
-
 GPUs are counted without importing torch (``CUDA_VISIBLE_DEVICES`` / ``nvidia-smi -L``;
 torch is only asked when something already imported it).
 """
@@ -34,26 +26,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import dask
 from distributed import Client
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from segpipe.errors import ConfigError
 
-__all__ = [
-    "connect", "cluster_client", "has_gpu_workers", "count_gpus", "worker_threads", "ADDRESS_ENV",
-    "WORKER_MALLOC_ENV",
-]  # fmt: skip
+__all__ = ["connect", "cluster_client", "has_gpu_workers", "count_gpus", "worker_threads", "ADDRESS_ENV"]
 
 #: Environment variable naming the scheduler address to connect to.
 ADDRESS_ENV = "SEGPIPE_DASK_ADDRESS"
-
-#: glibc malloc settings for local worker processes (see the module docstring).
-WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
-# What the user set, read before any Dask nanny of this process ran: a nanny copies its
-# pre-spawn variables into this process's environment, where the next nanny would take them
-# for the user's (distributed.nanny._get_env_variables).
-_USER_MALLOC_ENV = {k: os.environ[k] for k in WORKER_MALLOC_ENV if k in os.environ}
 
 
 def _visible_devices() -> list[str] | None:
@@ -169,17 +150,13 @@ def connect(
         threads_per_worker = threads_per_worker or max(1, min(2, cores // n_workers))
     if memory_limit is not None:
         kwargs["memory_limit"] = memory_limit
-    malloc = {**WORKER_MALLOC_ENV, **_USER_MALLOC_ENV}  # a value the user set wins
-    if processes:
-        os.environ.update(malloc)  # the nanny prefers this process's environment to its config
-    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in malloc.items()}):
-        client = Client(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            processes=processes,
-            dashboard_address=dashboard_address,
-            **kwargs,
-        )
+    client = Client(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        processes=processes,
+        dashboard_address=dashboard_address,
+        **kwargs,
+    )
     if n_gpus and processes:
         visible = _visible_devices() or [str(i) for i in range(n_gpus)]
         client.register_plugin(PinGPU(visible[:n_gpus]))

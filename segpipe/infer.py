@@ -264,9 +264,11 @@ def _pass1(
     from segpipe.models import load_model
     from segpipe.predict import window_probabilities
 
+    from segpipe import _malloc
+
     model = load_model(model, device=job.device)  # cached: once per worker process
     out: list[tuple[BlockRecord, Partial]] = []
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with _malloc.raised(), ThreadPoolExecutor(max_workers=2) as pool:
         reads = [pool.submit(_read_window, job, b) for b in blocks[:2]]
         finishing = []
         for i, block in enumerate(blocks):

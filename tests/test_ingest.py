@@ -341,11 +341,12 @@ def test_phases_cover_every_level_once() -> None:
 
 
 def test_malloc_thresholds_raised_per_ingest_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    import segpipe._malloc as malloc
     import segpipe.ingest._tasks as ingest
 
     calls: list[tuple[int, int, bool]] = []
     monkeypatch.setattr(
-        ingest, "_mallopt", lambda m, t, trim=False: calls.append((m, t, trim)) or True
+        malloc, "_mallopt", lambda m, t, trim=False: calls.append((m, t, trim)) or True
     )
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)  # a nanny of this process may have set it
@@ -356,7 +357,11 @@ def test_malloc_thresholds_raised_per_ingest_and_restored(monkeypatch: pytest.Mo
     assert calls == [(64 << 20, 256 << 20, False)]  # "b" still runs
     ingest._restore_malloc("b")
     ingest._restore_malloc("b")
-    assert calls[1:] == [(128 << 10, 65536, True)] and not ingest._MALLOC_OWNERS
+    assert calls[1:] == [(128 << 10, 65536, True)] and not malloc._OWNERS
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     ingest._roomy_malloc("c")  # adaptive glibc defaults are left alone
-    assert len(calls) == 2 and not ingest._MALLOC_OWNERS
+    assert len(calls) == 2 and not malloc._OWNERS
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    with malloc.raised(), malloc.raised():  # one task's scope; nested / concurrent tasks share it
+        assert calls[2:] == [(64 << 20, 256 << 20, False)] and len(malloc._OWNERS) == 2
+    assert calls[3:] == [(128 << 10, 65536, True)] and not malloc._OWNERS

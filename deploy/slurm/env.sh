@@ -5,9 +5,5 @@ module load cuda/12.8 2>/dev/null || true
 source "${SEGPIPE_VENV:-$HOME/segpipe/.venv}/bin/activate"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export OMP_NUM_THREADS=1            # torch threads are set per worker by segpipe
-# glibc malloc for image-sized buffers (segpipe.cluster.WORKER_MALLOC_ENV): the Dask nanny's
-# default MALLOC_TRIM_THRESHOLD_=65536 makes each one a fresh mmap (~2x the CPU per image)
-export MALLOC_MMAP_THRESHOLD_=33554432
-export MALLOC_TRIM_THRESHOLD_=16777216
 # S3 credentials, if the archive is on S3: the standard AWS profile / environment, e.g.
 # export AWS_PROFILE=segpipe

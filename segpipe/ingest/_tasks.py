@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from segpipe import _malloc
 from segpipe.ingest._core import downsample2
 from segpipe.io import ImageSource, open_image, url_to_fs, zarr_store
 
@@ -67,62 +68,10 @@ def _open_level(
     return array if mode == "r" else array.with_config({"write_empty_chunks": True})
 
 
-# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's
-# mmap threshold at 128 KiB: every decoded tile, block, codec buffer and downsampled piece
-# (all ≥ 128 KiB) is then a fresh mmap whose pages fault in one by one and go back to the
-# OS on free — ~5 page faults per byte ingested, a third of the task's CPU. (segpipe's own
-# clusters start workers with segpipe.cluster.WORKER_MALLOC_ENV instead: 32 MiB / 16 MiB;
-# a slide's shards are larger than that.) While an ingest
-# runs, its tasks raise both thresholds in their worker process so these buffers are reused
-# from the heap (the heap stays as large as the largest task's working set: a few blocks);
-# when the ingest ends, ``ingest_image`` sets them back to what the environment asked for
-# on every worker and trims the heap. Processes whose environment does not set them
-# (glibc's adaptive defaults, e.g. dask's threaded scheduler) are left alone.
-_MALLOC_LOCK = threading.Lock()
-_MALLOC_OWNERS: set[str] = set()
-
-
-def _mallopt(mmap_threshold: int, trim_threshold: int, trim: bool = False) -> bool:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc <malloc.h>
-        ok = bool(
-            libc.mallopt(m_mmap_threshold, mmap_threshold)
-            and libc.mallopt(m_trim_threshold, trim_threshold)
-        )
-        if trim:
-            libc.malloc_trim(0)
-        return ok
-    except (OSError, AttributeError, ValueError):
-        return False
-
-
-def _roomy_malloc(owner: str) -> None:
-    """In a task of ingest ``owner``: raise glibc's mmap / trim thresholds (see above)."""
-    import os
-
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        return
-    with _MALLOC_LOCK:
-        if owner in _MALLOC_OWNERS:
-            return
-        if _MALLOC_OWNERS or _mallopt(64 << 20, 256 << 20):
-            _MALLOC_OWNERS.add(owner)
-
-
-def _restore_malloc(owner: str) -> None:
-    """When ingest ``owner`` ends: the environment's thresholds again once no ingest runs."""
-    import os
-
-    with _MALLOC_LOCK:
-        if owner not in _MALLOC_OWNERS:
-            return
-        _MALLOC_OWNERS.discard(owner)
-        if not _MALLOC_OWNERS:
-            mmap = int(os.environ.get("MALLOC_MMAP_THRESHOLD_", 128 << 10))
-            _mallopt(mmap, int(os.environ["MALLOC_TRIM_THRESHOLD_"]), trim=True)
+# glibc's malloc thresholds are raised while an ingest runs (segpipe._malloc): an ingest's
+# tasks all raise them for the ingest, and ``ingest_image`` restores them on every worker.
+_roomy_malloc = _malloc.raise_for
+_restore_malloc = _malloc.restore
 
 
 def _build_group(

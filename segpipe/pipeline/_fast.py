@@ -151,7 +151,10 @@ def small_image_task(item: Any, image_id: str, results: str, model: ModelRef, co
     shape = _source_shape(uri, storage_options)
     if shape is None or not fits_fast_path(shape, config, max_blocks):
         return None
+    from segpipe import _malloc
+
     runner = retrying_runner(config.run.retries, config.run.retry_delay_s)
-    with dask.config.set(scheduler="sync"):  # the graphs of ingest / pyramid run right here
+    # the graphs of ingest / pyramid run right here; image-sized buffers reused, not mmapped
+    with dask.config.set(scheduler="sync"), _malloc.raised():
         return process_image(item, image_id, results, model, config, None, run_id,
                              storage_options=storage_options, stage_runner=runner)  # fmt: skip
