@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from segpipe.errors import ConfigError
-from segpipe.io import url_to_fs
+from segpipe.io import sha256_file, url_to_fs
 
 __all__ = [
     "ArchiveEntry",
@@ -283,7 +283,7 @@ def fingerprint(
             digest = hashlib.sha256()
             for name, _ in files:
                 digest.update(posixpath.relpath(name, path).encode() + b"\0")
-                digest.update(_sha256(fs, name).encode())
+                digest.update(sha256_file(name, fs).encode())
             return f"sha256:{digest.hexdigest()}"
         size = sum(int(i.get("size") or 0) for _, i in files)
         stamps = [_etag(i) or f"{_mtime(i)}" for _, i in files]
@@ -292,18 +292,10 @@ def fingerprint(
         )
         return f"size={size};files={len(files)};list={listing.hexdigest()[:16]}"
     if content_hash:
-        return f"sha256:{_sha256(fs, path)}"
+        return f"sha256:{sha256_file(path, fs)}"
     if entry.etag:
         return f"size={entry.size};etag={entry.etag}"
     return f"size={entry.size};mtime={entry.mtime!r}"
-
-
-def _sha256(fs: Any, path: str) -> str:
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- image ids

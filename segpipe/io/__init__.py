@@ -12,6 +12,7 @@ from segpipe.io._fsutil import (
     join_url,
     open_binary,
     remove,
+    sha256_file,
     strip_protocol,
     url_to_fs,
     zarr_store,
@@ -36,4 +37,5 @@ __all__ = [
     "zarr_store",
     "exists",
     "remove",
+    "sha256_file",
 ]

@@ -7,6 +7,8 @@ local may pass the same options for both.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import posixpath
 from typing import IO, Any
 
@@ -89,6 +91,15 @@ def join_url(base: str, *parts: str) -> str:
         proto, rest = base.split("://", 1)
         return f"{proto}://{posixpath.join(rest.rstrip('/'), *clean)}"
     return posixpath.join(base.rstrip("/") or "/", *clean)
+
+
+def sha256_file(path: str | os.PathLike[str], fs: AbstractFileSystem | None = None) -> str:
+    """Hex sha256 of a local file, or of ``path`` on ``fs``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") if fs is None else fs.open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def open_binary(uri: str, storage_options: dict[str, Any] | None = None) -> IO[bytes]:

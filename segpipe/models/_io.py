@@ -9,7 +9,6 @@ pickles that would construct arbitrary objects (segpipe turns that refusal into 
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import pickle
 import warnings
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from segpipe.errors import ModelError, WeightsIntegrityError
+from segpipe.io import sha256_file
 from segpipe.models._card import ModelCard
 from segpipe.models._model import Model, resolve_device
 from segpipe.models._registry import (
@@ -37,15 +37,6 @@ from segpipe.models._registry import (
 __all__ = ["list_models", "load_model", "save_model", "sha256_file"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def list_models() -> list[ModelCard]:

@@ -10,7 +10,6 @@ row) and its report under the results lock, and the command is done in about a s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from segpipe.config import SegpipeConfig
+from segpipe.io import sha256_file
 from segpipe.pipeline._run import ArchiveItem, RunSummary, discover_items, run_row, summarise
 from segpipe.pipeline._stages import (
     FALLBACK_MODEL,
@@ -70,13 +70,10 @@ def peek_model(name: str, *, fallback: str | None = None) -> ModelRef | None:
         return None if ref is None else ModelRef(ref.name, ref.sha256, note, ref.source)
     try:
         sha256 = json.loads(card.read_text(encoding="utf-8")).get("sha256")
-        digest = hashlib.sha256()
-        with open(weights, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
+        actual = sha256_file(weights)
     except (OSError, ValueError):
         return None
-    if not sha256 or digest.hexdigest() != sha256:
+    if not sha256 or actual != sha256:
         return None  # damaged weights: loading them gives the full error
     return ModelRef(name=name, sha256=sha256)
 
