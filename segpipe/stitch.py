@@ -62,7 +62,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 
 from segpipe.errors import ConfigError
-from segpipe.postprocess import CONNECTIVITY
+from segpipe.postprocess import CONNECTIVITY, sequential_table
 from segpipe.tiling import BlockGrid
 
 __all__ = [
@@ -248,12 +248,9 @@ def provisional_block(
 
 def _ids_and_ranks(core: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The sorted non-zero ids of ``core`` and ``core`` under :func:`_rank` of them."""
-    top = int(core.max(initial=0))
-    if core.dtype.kind in "ui" and top <= 4 * core.size:  # dense ids: a lookup table, no sort
-        present = np.bincount(core.ravel(), minlength=top + 1) > 0
-        present[0] = False
-        ranks = np.cumsum(present).astype(np.uint32)
-        return np.flatnonzero(present).astype(core.dtype), ranks[core]
+    table = sequential_table(core)
+    if table is not None:  # dense ids: a lookup table, no sort
+        return np.flatnonzero(table).astype(core.dtype), table[core]
     window_ids = np.unique(core)
     window_ids = window_ids[window_ids != 0]
     return window_ids, _rank(core, window_ids)
