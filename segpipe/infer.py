@@ -261,10 +261,9 @@ def _pass1(
     previous ones finished (post-processing, stitch records, statistics, writes) on two
     threads while this thread runs the model, so I/O and CPU work overlap the (GPU)
     prediction. ``cells[i]``: block ``i``'s piece of the tissue-cell grid (None: all)."""
+    from segpipe import _malloc
     from segpipe.models import load_model
     from segpipe.predict import window_probabilities
-
-    from segpipe import _malloc
 
     model = load_model(model, device=job.device)  # cached: once per worker process
     out: list[tuple[BlockRecord, Partial]] = []

@@ -342,7 +342,6 @@ def test_phases_cover_every_level_once() -> None:
 
 def test_malloc_thresholds_raised_per_ingest_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     import segpipe._malloc as malloc
-    import segpipe.ingest._tasks as ingest
 
     calls: list[tuple[int, int, bool]] = []
     monkeypatch.setattr(
@@ -350,16 +349,16 @@ def test_malloc_thresholds_raised_per_ingest_and_restored(monkeypatch: pytest.Mo
     )
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)  # a nanny of this process may have set it
-    ingest._roomy_malloc("a")
-    ingest._roomy_malloc("a")  # every task of an ingest calls it; set once
-    ingest._roomy_malloc("b")  # a second ingest on the same worker
-    ingest._restore_malloc("a")
+    malloc.raise_for("a")
+    malloc.raise_for("a")  # every task of an ingest calls it; set once
+    malloc.raise_for("b")  # a second ingest on the same worker
+    malloc.restore("a")
     assert calls == [(64 << 20, 256 << 20, False)]  # "b" still runs
-    ingest._restore_malloc("b")
-    ingest._restore_malloc("b")
+    malloc.restore("b")
+    malloc.restore("b")
     assert calls[1:] == [(128 << 10, 65536, True)] and not malloc._OWNERS
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
-    ingest._roomy_malloc("c")  # adaptive glibc defaults are left alone
+    malloc.raise_for("c")  # adaptive glibc defaults are left alone
     assert len(calls) == 2 and not malloc._OWNERS
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     with malloc.raised(), malloc.raised():  # one task's scope; nested / concurrent tasks share it

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from segpipe import _malloc
 from segpipe.errors import ConfigError, ImageReadError
 from segpipe.ingest._core import _phases, downsample2, level_shapes_for
-from segpipe.ingest._tasks import _build_group, _n_threads, _restore_malloc, _run, _source_token
+from segpipe.ingest._tasks import _build_group, _n_threads, _run, _source_token
 from segpipe.io import ImageSource, open_image, remove, zarr_store
 
 __all__ = [
@@ -253,10 +254,10 @@ def ingest_image(
                 client,
             )
     finally:
-        _restore_malloc(owner)
+        _malloc.restore(owner)
         if client is not None:
             try:
-                client.run(_restore_malloc, owner)
+                client.run(_malloc.restore, owner)
             except Exception:  # a worker lost meanwhile starts afresh anyway
                 pass
     root = zarr.open_group(store=zarr_store(zarr_url, storage_options), mode="r+")

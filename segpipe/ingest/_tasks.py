@@ -68,12 +68,6 @@ def _open_level(
     return array if mode == "r" else array.with_config({"write_empty_chunks": True})
 
 
-# glibc's malloc thresholds are raised while an ingest runs (segpipe._malloc): an ingest's
-# tasks all raise them for the ingest, and ``ingest_image`` restores them on every worker.
-_roomy_malloc = _malloc.raise_for
-_restore_malloc = _malloc.restore
-
-
 def _build_group(
     source_uri: str,
     token: str,
@@ -93,7 +87,7 @@ def _build_group(
     store. Each block above is assembled from the 2×2-means of its (up to) four children
     while they are in memory, depth first: at any time the task holds one block per level
     and one leaf, whatever the image size. Every block is written exactly once, whole.
-    ``owner`` names the ingest (for the malloc thresholds, see :func:`_roomy_malloc`).
+    ``owner`` names the ingest (glibc's malloc thresholds are raised for it, :func:`segpipe._malloc.raise_for`).
     Returns the number of level-``first`` pixels written.
     """
     arrays = [_open_level(zarr_url, lvl, storage_options, "r+") for lvl in range(first, top + 1)]
@@ -133,7 +127,7 @@ def _build_group(
         array[:, y0:y1, x0:x1] = data
         return downsample2(data) if level < top else None
 
-    _roomy_malloc(owner)
+    _malloc.raise_for(owner)
     build(top, by, bx)
     return done
 
