@@ -7,10 +7,17 @@ closes it):
 
 * **CPU machine** — one worker process per 2 cores (at least 1), 2 threads each, so the
   threads together match the cores; memory split evenly ("auto").
-* **machine with CUDA GPUs** — one single-threaded worker process per GPU, each with
-  ``resources={"GPU": 1}`` and its own ``CUDA_VISIBLE_DEVICES`` (set by a worker plugin
-  before any task imports torch), so GPU tasks submitted with ``resources={"GPU": 1}``
-  spread one per card.
+* **machine with CUDA GPUs** — single-threaded worker processes, each with
+  ``resources={"GPU": 1}`` and a ``CUDA_VISIBLE_DEVICES`` of one card (set by a worker
+  plugin before any task imports torch; worker ``i`` gets card ``i mod n_gpus``), so GPU
+  tasks submitted with ``resources={"GPU": 1}`` spread over the cards. There are
+  :func:`workers_per_gpu` of them per card (one per 2 cores, at most one per 4 GiB of the
+  card's memory): a segmentation task spends most of its time post-processing on the CPU
+  (watershed, statistics, writes), and threads of one process do not scale past the GIL,
+  so one process per card left an H100 at 3 % utilisation and 15 of 16 cores idle
+  (``benchmarks/bench_gpu.py``). Each process holds its own copy of the model (a few MB
+  for the built-ins, plus a CUDA context of ~0.5 GB); pass ``n_workers=n_gpus`` for
+  strictly one model per card.
 
 GPUs are counted without importing torch (``CUDA_VISIBLE_DEVICES`` / ``nvidia-smi -L``;
 torch is only asked when something already imported it).
@@ -31,7 +38,11 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from segpipe.errors import ConfigError
 
-__all__ = ["connect", "cluster_client", "has_gpu_workers", "count_gpus", "worker_threads", "ADDRESS_ENV"]
+__all__ = [
+    "connect", "cluster_client", "has_gpu_workers", "count_gpu_workers", "count_gpus",
+    "workers_per_gpu",
+    "worker_threads", "ADDRESS_ENV",
+]  # fmt: skip
 
 #: Environment variable naming the scheduler address to connect to.
 ADDRESS_ENV = "SEGPIPE_DASK_ADDRESS"
@@ -83,6 +94,35 @@ class PinGPU(WorkerPlugin):
         except ValueError:
             index = abs(hash(worker.name))
         os.environ["CUDA_VISIBLE_DEVICES"] = self.devices[index % len(self.devices)]
+
+
+def workers_per_gpu(cores: int, n_gpus: int, memory_gib: float | None = None) -> int:
+    """Worker processes per GPU for a local cluster: one per 2 cores, at most one per
+    4 GiB of the smallest card's memory (``memory_gib``; None = not known), at least 1.
+
+    >>> workers_per_gpu(16, 1, 80.0), workers_per_gpu(16, 1, 8.0), workers_per_gpu(2, 2)
+    (8, 2, 1)
+    """
+    per = max(1, cores // (2 * max(1, n_gpus)))
+    if memory_gib is not None:
+        per = min(per, max(1, int(memory_gib // 4)))
+    return per
+
+
+def _gpu_memory_gib() -> float | None:
+    """Memory of the smallest visible GPU in GiB from ``nvidia-smi`` (None if unknown)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )  # fmt: skip
+        sizes = [float(v) / 1024 for v in out.stdout.split()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return min(sizes) if sizes else None
 
 
 def _cpu_count() -> int:
@@ -143,7 +183,7 @@ def connect(
     kwargs: dict[str, Any] = {}
     if n_gpus:
         kwargs["resources"] = {"GPU": 1}
-        n_workers = n_workers or n_gpus
+        n_workers = n_workers or n_gpus * workers_per_gpu(cores, n_gpus, _gpu_memory_gib())
         threads_per_worker = threads_per_worker or 1
     else:
         n_workers = n_workers or max(1, cores // 2)
@@ -194,8 +234,13 @@ def cluster_client(
 
 def has_gpu_workers(client: Client) -> bool:
     """True when at least one worker of ``client``'s cluster offers a ``GPU`` resource."""
+    return count_gpu_workers(client) > 0
+
+
+def count_gpu_workers(client: Client) -> int:
+    """Number of workers of ``client``'s cluster that offer a ``GPU`` resource."""
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    return any(float((w.get("resources") or {}).get("GPU", 0)) > 0 for w in workers.values())
+    return sum(float((w.get("resources") or {}).get("GPU", 0)) > 0 for w in workers.values())
 
 
 def worker_threads(client: Client) -> int:

@@ -29,10 +29,12 @@ never arrays — and load the model once per worker process (``load_model`` cach
 loaded :class:`~segpipe.models.Model` is scattered to the workers once). Inside pass 1,
 windows are read ahead and finished (post-processing, stitch records, statistics, writes)
 on two threads while the model runs the next block. When the cluster has GPU workers
-(:func:`segpipe.cluster.has_gpu_workers`) a pass-1 task takes :data:`GPU_GROUP`
-consecutive blocks, so that pipeline keeps the GPU busy, and asks for
-``resources={"GPU": 1}`` at ``client.submit`` (annotations around array graphs are
-dropped, dask/dask#7036).
+(:func:`segpipe.cluster.count_gpu_workers`) a pass-1 task takes up to :data:`GPU_GROUP`
+consecutive blocks (fewer when there are fewer blocks than GPU workers × group), so that
+pipeline keeps the GPU busy, and asks for ``resources={"GPU": 1}`` at ``client.submit``
+(annotations around array graphs are dropped, dask/dask#7036). The CPU work of a block
+(post-processing, statistics) costs ~10× its prediction on a GPU, so
+:func:`segpipe.cluster.connect` runs several single-threaded GPU workers per card.
 
 Resolution: when the image's µm/px and the card's differ by more than 10 %, pass 1 runs
 ``segment_window(..., scale=image_mpp / card.mpp)`` on level-0 pixels (resampled on a grid
@@ -150,6 +152,7 @@ class _Job:
     cell: int = 128  # side of the tissue cells (segpipe.predict.MASK_CELL)
     context: int | None = None  # px predicted around masked rectangles (None: from the card)
     edge: int = 0  # see _clear_edges
+    finish_threads: int = 2  # threads reading ahead and finishing blocks inside a pass-1 task
 
 
 _POOL_ALIGN = 16  # down-sampling factor of the built-in U-Nets (and a divisor of chunk sizes)
@@ -267,7 +270,8 @@ def _pass1(
 
     model = load_model(model, device=job.device)  # cached: once per worker process
     out: list[tuple[BlockRecord, Partial]] = []
-    with _malloc.raised(), ThreadPoolExecutor(max_workers=2) as pool:
+    ahead = max(2, job.finish_threads)  # windows read ahead = finishes in flight
+    with _malloc.raised(), ThreadPoolExecutor(max_workers=job.finish_threads) as pool:
         reads = [pool.submit(_read_window, job, b) for b in blocks[:2]]
         finishing = []
         for i, block in enumerate(blocks):
@@ -284,7 +288,7 @@ def _pass1(
             finishing.append(pool.submit(_finish, job, block, raw, probs, model.card))
             del probs
             reads[i] = None  # type: ignore[call-overload]  # free the window
-            while finishing and (finishing[0].done() or len(finishing) > 2):  # bounded memory
+            while finishing and (finishing[0].done() or len(finishing) > ahead):  # bounded memory
                 out.append(finishing.pop(0).result())
                 if tick is not None:
                     tick()
@@ -353,10 +357,10 @@ def _edge(model: Model, scale: float, halo: int) -> int:
     return max(0, min(edge, halo - 2))
 
 
-def _has_gpu(client: Any) -> bool:
-    from segpipe.cluster import has_gpu_workers
+def _gpu_workers(client: Any) -> int:
+    from segpipe.cluster import count_gpu_workers
 
-    return bool(has_gpu_workers(client))
+    return int(count_gpu_workers(client))
 
 
 def segment_image(
@@ -370,6 +374,8 @@ def segment_image(
     progress: Callable[[int, int], None] | None = None,
     batch: int = 8,
     device: str | None = None,
+    finish_threads: int | None = None,
+    gpu_group: int | None = None,
 ) -> SegmentResult:
     """Segment an ingested OME-Zarr image into ``labels/<label_name>`` and region columns.
 
@@ -402,6 +408,11 @@ def segment_image(
         Tiles per ``model.predict`` call (where a window is tiled).
     device : str, optional
         Torch device for the model in each worker; default CUDA when the worker has a GPU.
+    finish_threads : int, optional
+        Threads inside each pass-1 task that read windows ahead and finish blocks
+        (post-processing, statistics, writes) while the model runs; default 2.
+    gpu_group : int, optional
+        Blocks per pass-1 task on GPU workers (default :data:`GPU_GROUP`).
 
     Returns
     -------
@@ -440,6 +451,8 @@ def segment_image(
     halo = int(halo)
     if batch < 1:
         raise ConfigError(f"batch={batch} must be >= 1")
+    if finish_threads is not None and finish_threads < 1:
+        raise ConfigError(f"finish_threads={finish_threads} must be >= 1")
     if halo < 2:
         raise ConfigError(f"halo={halo}: stitching and perimeters need at least 2 px of context")
     image_url = join_url(zarr_url, "0")
@@ -475,6 +488,7 @@ def segment_image(
         stats=stats, modality=meta.modality, scale=scale, semantic=semantic,
         storage_options=storage_options, predict_grid=predict_grid, batch=batch, device=device,
         cell=MASK_CELL, context=mask_context(card.halo, scale), edge=_edge(loaded, scale, halo),
+        finish_threads=finish_threads or 2,
     )  # fmt: skip
     pieces = {b: _cells_of(cells, grid, b, MASK_CELL) for b in todo}
     timings["prepare"] = time.perf_counter() - t_start
@@ -491,7 +505,9 @@ def segment_image(
         if client is None:
             columns_partial, t = _local(job, todo, loaded, tick, pieces, direct)
         else:
-            columns_partial, t = _distributed(job, todo, model, client, tick, pieces, direct)
+            columns_partial, t = _distributed(
+                job, todo, model, client, tick, pieces, direct, gpu_group or GPU_GROUP
+            )
         timings.update(t)
     finally:
         if not direct:
@@ -562,6 +578,7 @@ def _distributed(
     tick: Callable[[], None],
     pieces: dict[tuple[int, int], np.ndarray | None],
     direct: bool = False,
+    gpu_group: int = GPU_GROUP,
 ) -> tuple[Partial, dict[str, float]]:
     from distributed import as_completed
 
@@ -573,9 +590,11 @@ def _distributed(
         model_arg: Any = client.scatter(model_ref, broadcast=True, hash=False)
     else:
         model_arg = str(model_ref)
-    # GPU workers get groups of blocks, so reading and finishing overlap the prediction
-    gpu = _has_gpu(client)
-    size = GPU_GROUP if gpu else 1
+    # GPU workers get groups of blocks, so reading and finishing overlap the prediction;
+    # groups shrink when there are fewer blocks than GPU workers × gpu_group
+    n_gpu = _gpu_workers(client)
+    gpu = n_gpu > 0
+    size = max(1, min(gpu_group, -(-len(todo) // n_gpu))) if gpu else 1
     groups = [todo[i : i + size] for i in range(0, len(todo), size)]
     first = {
         client.submit(

@@ -103,3 +103,13 @@ def test_local_gpu_cluster_layout(monkeypatch: pytest.MonkeyPatch) -> None:
             assert info["nthreads"] == 1 and info["resources"] == {"GPU": 1}
         assert has_gpu_workers(client)
         assert sorted(client.run(_visible).values()) == ["5", "7"]
+
+
+def test_workers_per_gpu_uses_the_cores_and_fits_the_card() -> None:
+    from segpipe.cluster import workers_per_gpu
+
+    assert workers_per_gpu(16, 1, 80.0) == 8  # one per 2 cores
+    assert workers_per_gpu(16, 2, 80.0) == 4
+    assert workers_per_gpu(16, 1, 10.0) == 2  # one per 4 GiB of the card
+    assert workers_per_gpu(2, 2) == 1 and workers_per_gpu(1, 4, 2.0) == 1  # at least one
+

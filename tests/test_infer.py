@@ -285,8 +285,41 @@ def test_gpu_workers_get_grouped_tasks_with_gpu_resource(slide, local_result) ->
         with get_task_stream(client) as stream:
             result = segment_image(url, "classical", label_name="gpu", client=client, blocks="all")
         keys = {str(t["key"]) for t in stream.data if "pass1" in str(t["key"])}
-    assert_same_result(local_result, result, url, url)
-    assert 0 < len(keys) < result.blocks_processed  # groups of blocks, not one task per block
+        assert_same_result(local_result, result, url, url)
+        assert 0 < len(keys) < result.blocks_processed  # groups of blocks, not one task per block
+        # more finishing threads and larger groups: the same result, fewer tasks
+        with get_task_stream(client) as stream:
+            wide = segment_image(url, "classical", label_name="gpu-wide", client=client,
+                                 blocks="all", finish_threads=5, gpu_group=12)  # fmt: skip
+        wide_keys = {str(t["key"]) for t in stream.data if "pass1" in str(t["key"])}
+    assert_same_result(local_result, wide, url, url)
+    assert len(wide_keys) == -(-wide.blocks_processed // 12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_cluster_segments_like_the_cpu(slide) -> None:
+    """The real CUDA path: connect() on a GPU machine gives GPU workers, pass 1 runs the
+    built-in nuclei network there under bf16 autocast, and the labels match a CPU run up to
+    the few pixels bf16 moves."""
+    from segpipe.cluster import cluster_client, has_gpu_workers
+
+    url, _ = slide
+    cpu = segment_image(url, "nuclei", label_name="nuclei-cpu", blocks="all", device="cpu")
+    with cluster_client(dashboard_address=None) as client:
+        assert has_gpu_workers(client)
+        gpu = segment_image(url, "nuclei", label_name="nuclei-gpu", client=client, blocks="all")
+        on_gpu = client.run(_holds_cuda_memory)
+    assert any(on_gpu.values())  # the model was loaded on a worker's GPU
+    a, b = read_labels(url, "nuclei-cpu") > 0, read_labels(url, "nuclei-gpu") > 0
+    assert (a & b).sum() / (a | b).sum() > 0.98
+    assert abs(gpu.n_regions - cpu.n_regions) <= max(2, 0.03 * cpu.n_regions)
+
+
+def _holds_cuda_memory() -> bool:
+    import torch
+
+    return torch.cuda.is_initialized() and torch.cuda.memory_allocated() > 0
 
 
 class _ThreeClass(torch.nn.Module):
