@@ -110,6 +110,9 @@ def test_seeded_runs_are_reproducible_and_resume_matches(tmp_path: Path) -> None
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
     other = _weights(train(_cfg(tmp_path, "d", steps=10, seed=1)).weights)
     assert not all(torch.equal(wa[k], other[k]) for k in wa)
+    # batches made ahead on loader threads (the CUDA default) are the same batches
+    threaded = _weights(train(_cfg(tmp_path, "e", steps=10, loader_threads=3)).weights)
+    assert all(torch.equal(wa[k], threaded[k]) for k in wa)
 
 
 def test_resume_without_checkpoint_fails(tmp_path: Path) -> None:
