@@ -95,6 +95,8 @@ def test_local_gpu_cluster_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ADDRESS_ENV, raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     monkeypatch.setattr(cluster_mod, "count_gpus", lambda: 2)
+    monkeypatch.setattr(cluster_mod, "_cpu_count", lambda: 4)  # one worker per card, anywhere
+    monkeypatch.setattr(cluster_mod, "_gpu_memory_gib", lambda: None)
     with cluster_client(dashboard_address=None) as client:
         client.wait_for_workers(2)
         workers = client.scheduler_info(n_workers=-1)["workers"]
@@ -103,6 +105,11 @@ def test_local_gpu_cluster_layout(monkeypatch: pytest.MonkeyPatch) -> None:
             assert info["nthreads"] == 1 and info["resources"] == {"GPU": 1}
         assert has_gpu_workers(client)
         assert sorted(client.run(_visible).values()) == ["5", "7"]
+    # 12 cores: 3 workers per card, pinned round-robin
+    monkeypatch.setattr(cluster_mod, "_cpu_count", lambda: 12)
+    with cluster_client(dashboard_address=None) as client:
+        client.wait_for_workers(6)
+        assert sorted(client.run(_visible).values()) == ["5", "5", "5", "7", "7", "7"]
 
 
 def test_workers_per_gpu_uses_the_cores_and_fits_the_card() -> None:
