@@ -23,7 +23,8 @@ def make_cluster(jobs: int, gpu: bool, queue: str | None, account: str | None) -
         queue=queue,
         account=account,
         cores=8,
-        processes=1,                      # one worker process per job (one GPU)
+        processes=4,                      # 4 workers (2 threads each) share the job's GPU, one
+                                          # GPU task each (GPU=1): post-processing is the limit
         memory="64GB",
         walltime="08:00:00",
         job_extra_directives=extra,
