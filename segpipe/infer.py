@@ -463,7 +463,8 @@ def segment_image(
     grid = BlockGrid(meta.shape, block, halo)
 
     level = _pick_level(meta.levels)
-    thumb = np.asarray(_open_array(join_url(zarr_url, str(level)), storage_options)[:])
+    thumb_arr = level0 if level == 0 else _open_array(join_url(zarr_url, str(level)), storage_options)
+    thumb = np.asarray(thumb_arr[:])  # level 0 itself for a small image: opened once
     stats = image_stats(thumb, card, meta.modality)
     todo, tissue_fraction, cells = _select(blocks, grid, thumb, meta.modality, MASK_CELL)
     semantic = card.task == "semantic"

@@ -109,12 +109,18 @@ def create_label_array(
     if len(shape) != 2 or len(chunks) != 2 or (shards is not None and len(shards) != 2):
         raise ConfigError(f"label shape {shape}, chunks {chunks}, shards {shards} must be (Y, X)")
     _open_group(zarr_url, storage_options)  # the image must exist
-    labels = zarr.open_group(
-        store=zarr_store(join_url(zarr_url, "labels"), storage_options), mode="a", zarr_format=3
+    fresh = {"version": NGFF_VERSION, "labels": []}
+    labels = zarr.open_group(  # a new labels group is created with its attributes
+        store=zarr_store(join_url(zarr_url, "labels"), storage_options),
+        mode="a",
+        zarr_format=3,
+        attributes={"ome": fresh},
     )
     # a rerun replaces the label: unlist it first, so that listed always means complete
     listed = [n for n in _ome(labels).get("labels", []) if n != name]
-    labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": listed}
+    ome = {"version": NGFF_VERSION, "labels": listed}
+    if _ome(labels) != ome:  # written only when it changes (not for a new group)
+        labels.attrs["ome"] = ome
     group = labels.create_group(name, overwrite=True)
     return group.create_array(
         "0",
@@ -257,9 +263,10 @@ def finalize_labels(
     image = _open_group(zarr_url, storage_options)
     label_url = join_url(zarr_url, "labels", name)
     group = _open_group(label_url, storage_options, mode="r+")
-    if "0" not in group:
-        raise ConfigError(f"{label_url}/0 does not exist; call create_label_array first")
-    base = group["0"]
+    try:
+        base = group["0"]
+    except KeyError:
+        raise ConfigError(f"{label_url}/0 does not exist; call create_label_array first") from None
     mpp, n_levels = _image_scale(image)
     shapes = _level_shapes(base.shape, n_levels)
     block = base.shards or base.chunks

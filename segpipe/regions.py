@@ -133,31 +133,56 @@ def _group_sum(values: np.ndarray, inv: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _perimeter_shares(padded: np.ndarray) -> np.ndarray:
-    """skimage 4-neighbourhood perimeter share of every pixel of ``padded[2:-2, 2:-2]``."""
+def _nonzero(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a 2-D array (row-major), ~3× faster on a strided view:
+    ``flatnonzero`` of a contiguous bool copy, then rows and columns by ``divmod``."""
+    flat = np.flatnonzero(np.ascontiguousarray(a != 0))
+    return np.divmod(flat, a.shape[1])
+
+
+def _with_context(
+    labels: np.ndarray, cy: tuple[int, int], cx: tuple[int, int], margin: int
+) -> np.ndarray:
+    """``labels[cy0 - margin : cy1 + margin, cx0 - margin : cx1 + margin]`` with zeros
+    outside the array, as one C-contiguous copy."""
+    h, w = labels.shape
+    out = np.zeros((cy[1] - cy[0] + 2 * margin, cx[1] - cx[0] + 2 * margin), labels.dtype)
+    y0, y1 = max(cy[0] - margin, 0), min(cy[1] + margin, h)
+    x0, x1 = max(cx[0] - margin, 0), min(cx[1] + margin, w)
+    oy, ox = y0 - (cy[0] - margin), x0 - (cx[0] - margin)
+    out[oy : oy + y1 - y0, ox : ox + x1 - x0] = labels[y0:y1, x0:x1]
+    return out
+
+
+def _perimeter_pixels(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The border pixels of ``padded[2:-2, 2:-2]`` (row-major, as coordinates in that
+    centre) and their skimage 4-neighbourhood perimeter shares; every other pixel's share
+    is 0."""
     lab = padded
-    h, w = lab.shape[0] - 4, lab.shape[1] - 4
-    # border pixels on the ring of width 1 around the centre region
-    mid = lab[1:-1, 1:-1]
-    border = mid != 0
-    inner = np.zeros(mid.shape, bool)
-    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        inner |= lab[1 + dy : lab.shape[0] - 1 + dy, 1 + dx : lab.shape[1] - 1 + dx] != mid
-    border &= inner
+    # border pixels (a label differing from a 4-neighbour) of the centre and a 1-px ring
+    # around it; one comparison per pair of neighbours
+    across = lab[1:-1, 1:] != lab[1:-1, :-1]  # pixel vs its left neighbour
+    down = lab[1:, 1:-1] != lab[:-1, 1:-1]  # pixel vs the one above
+    border = lab[1:-1, 1:-1] != 0
+    border &= across[:, :-1] | across[:, 1:] | down[:-1] | down[1:]
     # the neighbourhood code only at the (few) border pixels of the centre
-    ys, xs = np.nonzero(border[1:-1, 1:-1])
-    centre = lab[ys + 2, xs + 2]
+    ys, xs = _nonzero(border[1:-1, 1:-1])
+    # neighbours by flat index (1-D takes: ~3× faster than 2-D fancy indexing)
+    lab_flat = np.ascontiguousarray(lab).ravel()
+    border_flat = border.ravel()  # border is (H - 2, W - 2), C-contiguous
+    at_lab = (ys + 2) * lab.shape[1] + (xs + 2)
+    at_border = (ys + 1) * border.shape[1] + (xs + 1)
+    centre = lab_flat[at_lab]
     code = np.ones(len(ys), np.uint8)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             if dy == dx == 0:
                 continue
             weight = 2 if dy == 0 or dx == 0 else 10
-            same = border[ys + 1 + dy, xs + 1 + dx] & (lab[ys + 2 + dy, xs + 2 + dx] == centre)
+            same = border_flat[at_border + (dy * border.shape[1] + dx)]
+            same &= lab_flat[at_lab + (dy * lab.shape[1] + dx)] == centre
             code += np.uint8(weight) * same
-    out = np.zeros((h, w), np.float64)
-    out[ys, xs] = _PERIMETER_WEIGHTS[code]
-    return out
+    return ys, xs, _PERIMETER_WEIGHTS[code]
 
 
 def partial_stats(
@@ -204,14 +229,19 @@ def partial_stats(
         core = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
     cy, cx = (s.indices(n)[:2] for s, n in zip(core, labels.shape, strict=True))
     lab_core = labels[core]
-    rows, cols = np.nonzero(lab_core)
+    rows, cols = _nonzero(lab_core)
     n_classes = 0 if classes is None else int(np.max(classes, initial=0)) + 1
     if rows.size == 0:
         return Partial.empty(image.shape[0], n_classes)
     values = lab_core[rows, cols]
-    order = np.argsort(values, kind="stable")
+    # stable: raster order within each label. Ids < 2**16 sort as uint16 (numpy's radix
+    # sort, ~3× faster; the same order)
+    small_ids = values.dtype.itemsize > 2 and int(values.min()) >= 0 and int(values.max()) < 2**16
+    order = np.argsort(values.astype(np.uint16) if small_ids else values, kind="stable")
     rows, cols, values = rows[order], cols[order], values[order]
-    uniq, starts, count = np.unique(values, return_index=True, return_counts=True)
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])  # np.unique of sorted ids
+    uniq = values[starts]
+    count = np.diff(np.r_[starts, values.size])
     n = len(uniq)
     inv = np.repeat(np.arange(n), count)
     fr, fc = rows.astype(np.float64), cols.astype(np.float64)
@@ -222,8 +252,10 @@ def partial_stats(
     pix = image[:, core[0], core[1]][:, rows, cols].T.astype(np.float64)  # (N, C)
     mean_v = _group_sum(pix, inv, n) / count[:, None]
     dv = pix - mean_v[inv]
-    padded = np.pad(labels, 2)
-    shares = _perimeter_shares(padded)[core][rows, cols]
+    # shares of the core's border pixels only (the core and 2 px of context around it);
+    # summed in raster order within each label, as the other columns: the same sums
+    by, bx, shares = _perimeter_pixels(_with_context(labels, cy, cx, 2))
+    border_inv = np.searchsorted(uniq, lab_core[by, bx])
     if classes is None:
         class_counts = np.zeros((n, 0), np.int64)
     else:
@@ -251,7 +283,7 @@ def partial_stats(
         m2_v=_group_sum(dv * dv, inv, n),
         min_v=np.minimum.reduceat(pix, starts, axis=0),
         max_v=np.maximum.reduceat(pix, starts, axis=0),
-        perimeter=np.bincount(inv, weights=shares, minlength=n),
+        perimeter=np.bincount(border_inv, weights=shares, minlength=n),
         class_counts=class_counts,
     )
 

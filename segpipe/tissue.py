@@ -129,7 +129,7 @@ def _score(thumb: np.ndarray, modality: str) -> np.ndarray:
     for c in img:
         lo, hi = np.percentile(c, (0.5, 99.5))
         chans.append((c - lo) / max(float(hi - lo), 1e-6))
-    score = np.max(chans, axis=0)
+    score = chans[0] if len(chans) == 1 else np.max(chans, axis=0)
     sigma = 2.0 if modality == "fluorescence" else 1.0
     return ndi.gaussian_filter(score, sigma)
 
@@ -199,13 +199,35 @@ def _work_mask(
     y, x = thumb.shape[1:]
     f = max(1, -(-max(y, x) // WORK_SIZE))
     if f > 1:
-        small = np.asarray(thumb, np.float32)
-        if y % f or x % f:
-            small = np.pad(small, ((0, 0), (0, -y % f), (0, -x % f)), mode="edge")
-        c, py, px = small.shape  # f×f block means: rows first, then columns (2× a 5-D mean)
-        small = small.reshape(c, py // f, f, px).sum(axis=2)
-        thumb = small.reshape(c, py // f, px // f, f).sum(axis=3) / (f * f)
+        thumb = _block_mean(thumb, f)
     return _mask(thumb, mode, min_separation, min_object_fraction, max_hole_fraction), f
+
+
+def _block_mean(thumb: np.ndarray, f: int) -> np.ndarray:
+    """``f×f`` block means of a ``(C, y, x)`` thumbnail as float32 (edge-padded to a multiple of ``f``).
+
+    8/16-bit integers are summed exactly in integers (the float32 sums of the same values
+    are exact too, so the result is the same to the bit, ~5× faster); anything else is
+    summed in float32, rows first, then columns.
+
+    >>> _block_mean(np.arange(8, dtype=np.uint8).reshape(1, 2, 4), 2).tolist()
+    [[[2.5, 4.5]]]
+    """
+    y, x = thumb.shape[1:]
+    exact = thumb.dtype.kind in "ui" and thumb.dtype.itemsize <= 2 and f * f * 65536 <= 2**24
+    small = np.asarray(thumb) if exact else np.asarray(thumb, np.float32)
+    if y % f or x % f:
+        small = np.pad(small, ((0, 0), (0, -y % f), (0, -x % f)), mode="edge")
+    c, py, px = small.shape
+    if exact:
+        acc = np.int32 if small.dtype.kind == "i" else np.uint32
+        total = np.zeros((c, py // f, px // f), acc)
+        for dy in range(f):
+            for dx in range(f):
+                total += small[:, dy::f, dx::f]
+        return total.astype(np.float32) / (f * f)
+    small = small.reshape(c, py // f, f, px).sum(axis=2)  # rows first, then columns
+    return small.reshape(c, py // f, px // f, f).sum(axis=3) / (f * f)
 
 
 def _mask(
@@ -232,11 +254,7 @@ def _mask(
     else:
         mask = score > threshold - 0.5 * (threshold - low_mean)
     area = mask.size
-    mask = (
-        ndi.binary_closing(mask, morphology.disk(2), border_value=0)
-        if min(mask.shape) > 8
-        else mask
-    )
+    mask = _close_disk2(mask) if min(mask.shape) > 8 else mask
     if mode == "brightfield":
         # Dust and debris on glass; in fluorescence and grey images a small bright (or, on
         # a bright part, dark) object is what we are looking for — sparse cells, pits —
@@ -246,9 +264,47 @@ def _mask(
     return mask
 
 
+def _shifted(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``mask[y + dy, x + dx]`` (False outside the array)."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    out[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)] = mask[
+        max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)
+    ]
+    return out
+
+
+_CROSS_ARMS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def _close_disk2(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_closing(mask, morphology.disk(2), border_value=0)`` by shifted copies.
+
+    ``disk(2)`` is the 4-neighbour cross dilated by itself, so each step is two cross
+    steps; with the outside counted as background in both steps this gives the same mask
+    as scipy, ~20× faster on a 512² working mask (``tests/test_tissue.py`` compares them).
+    """
+    out = np.asarray(mask, bool)
+    for op in (np.logical_or, np.logical_and):
+        for _ in range(2):
+            step = out.copy()
+            for dy, dx in _CROSS_ARMS:
+                op(step, _shifted(out, dy, dx), out=step)
+            out = step
+    return out
+
+
+def _dilate3x3(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_dilation(mask, np.ones((3, 3), bool))`` as two separable shifted ORs."""
+    out = np.asarray(mask, bool)
+    for before, after in (((-1, 0), (1, 0)), ((0, -1), (0, 1))):  # rows, then columns
+        out = out | _shifted(out, *before) | _shifted(out, *after)
+    return out
+
+
 def _integral(mask: np.ndarray) -> np.ndarray:
     """Summed-area table of the mask grown by one pixel (``(y + 1, x + 1)``, zero first row)."""
-    grown = ndi.binary_dilation(mask, np.ones((3, 3), bool))
+    grown = _dilate3x3(mask)
     dtype = np.int32 if grown.size < 2**31 else np.int64
     out = np.zeros((grown.shape[0] + 1, grown.shape[1] + 1), dtype)
     np.cumsum(grown, axis=0, dtype=dtype, out=out[1:, 1:])

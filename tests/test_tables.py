@@ -21,6 +21,7 @@ from segpipe.tables import (
     IMAGES_SCHEMA,
     REGIONS_SCHEMA,
     RUNS_SCHEMA,
+    has_older_regions,
     image_states,
     init_results,
     open_results,
@@ -219,8 +220,11 @@ def test_same_image_twice_one_row_per_region(results: tuple[str, dict | None]) -
     assert con.execute("select count(*), count(distinct label), min(run_id), max(run_id) from regions").fetchone() == (
         6, 6, "run2", "run2")  # fmt: skip
     assert con.execute("select count(*) from images").fetchone()[0] == 2
+    assert has_older_regions(url, "slide", "run2", storage_options=so)
     removed = prune_regions(url, "slide", "run2", storage_options=so)
     assert len(removed) == 1 and removed[0].endswith("regions/slide/run1.parquet")
+    assert not has_older_regions(url, "slide", "run2", storage_options=so)
+    assert not has_older_regions(url, "nope", "run2", storage_options=so)
     con = open_results(url, storage_options=so)
     assert con.execute("select count(*) from regions").fetchone()[0] == 6
 

@@ -279,3 +279,41 @@ def test_select_from_thumb_keeps_what_the_full_mask_keeps(
     assert set(blocks) <= set(blocks2)
     assert not (cells & ~cells2).any()
     assert fraction == pytest.approx(float(mask.mean()), abs=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_shifted_morphology_equals_scipy(shape: tuple[int, int], density: float, seed: int) -> None:
+    """The shifted-copy closing / dilation the mask uses give scipy's masks, borders included."""
+    from skimage import morphology
+
+    from segpipe.tissue import _close_disk2, _dilate3x3
+
+    mask = np.random.default_rng(seed).random(shape) < density
+    want = ndi.binary_closing(mask, morphology.disk(2), border_value=0)
+    np.testing.assert_array_equal(_close_disk2(mask), want)
+    np.testing.assert_array_equal(_dilate3x3(mask), ndi.binary_dilation(mask, np.ones((3, 3), bool)))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+@pytest.mark.parametrize("f", [2, 3, 4])
+def test_block_mean_equals_float32_sums(dtype: type, f: int) -> None:
+    """The integer block means of 8/16-bit thumbnails are the float32 sums' to the bit."""
+    from segpipe.tissue import _block_mean
+
+    rng = np.random.default_rng(f)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
+    lo, hi = (info.min, info.max) if info else (-1e3, 1e3)
+    thumb = rng.uniform(lo, hi, (2, 37, 50)).astype(dtype)
+    small = np.asarray(thumb, np.float32)
+    small = np.pad(small, ((0, 0), (0, -37 % f), (0, -50 % f)), mode="edge")
+    c, py, px = small.shape
+    small = small.reshape(c, py // f, f, px).sum(axis=2)
+    want = small.reshape(c, py // f, px // f, f).sum(axis=3) / (f * f)
+    got = _block_mean(thumb, f)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)

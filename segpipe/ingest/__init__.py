@@ -30,7 +30,7 @@ import numpy as np
 from segpipe import _malloc
 from segpipe.errors import ConfigError, ImageReadError
 from segpipe.ingest._core import _phases, downsample2, level_shapes_for
-from segpipe.ingest._tasks import _build_group, _n_threads, _run, _source_token
+from segpipe.ingest._tasks import _n_threads, _run, _source_token
 from segpipe.io import ImageSource, open_image, remove, zarr_store
 
 __all__ = [
@@ -183,7 +183,8 @@ def ingest_image(
     spec : IngestSpec, optional
         Chunk / shard / compression / pyramid depth.
     client : distributed.Client, optional
-        Where the block tasks run; None uses dask's default (local threaded) scheduler.
+        Where the block tasks run; None uses dask's default (local threaded) scheduler,
+        or calls the task right here when there is only one (a one-block image).
     storage_options : dict, optional
         fsspec options for remote source / target URLs.
 
@@ -191,16 +192,31 @@ def ingest_image(
     -------
     ImageMeta
     """
-    import dask
     import zarr
 
     spec = spec or IngestSpec()
     with open_image(source_uri, storage_options) as src:
         levels = level_shapes_for(src.level_shapes[0], spec.min_size)
         c = src.n_channels
+        name = source_uri.rstrip("/").rsplit("/", 1)[-1]
+        own = {
+            "mpp": src.mpp,
+            "modality": src.modality,
+            "source_uri": str(source_uri),
+            "channel_names": list(src.channel_names),
+            "chunk": spec.chunk,
+            "shard": spec.shard,
+            "complete": False,
+        }
         remove(zarr_url, storage_options)
         store = zarr_store(zarr_url, storage_options)
-        root = zarr.create_group(store=store, zarr_format=3, overwrite=True)
+        # the attributes go in with the group: one metadata write instead of two
+        root = zarr.create_group(
+            store=store,
+            zarr_format=3,
+            overwrite=True,
+            attributes={"ome": _ome_attrs(src, levels, name), "segpipe": own},
+        )
         for i, (ly, lx) in enumerate(levels):
             root.create_array(
                 str(i),
@@ -212,17 +228,6 @@ def ingest_image(
                 fill_value=0,
                 dimension_names=("c", "y", "x"),
             )
-        name = source_uri.rstrip("/").rsplit("/", 1)[-1]
-        own = {
-            "mpp": src.mpp,
-            "modality": src.modality,
-            "source_uri": str(source_uri),
-            "channel_names": list(src.channel_names),
-            "chunk": spec.chunk,
-            "shard": spec.shard,
-            "complete": False,
-        }
-        root.attrs.update({"ome": _ome_attrs(src, levels, name), "segpipe": own})
         meta = ImageMeta(
             zarr_url=str(zarr_url),
             shape=levels[0],
@@ -236,7 +241,6 @@ def ingest_image(
             shard=spec.shard,
             source_uri=str(source_uri),
         )
-    build = dask.delayed(_build_group, pure=False)
     token = _source_token(str(source_uri), storage_options)
     owner = uuid.uuid4().hex
     block = spec.block
@@ -247,7 +251,7 @@ def ingest_image(
             where = (str(source_uri), token, str(zarr_url), storage_options, block, first, top)
             _run(
                 [
-                    build(*where, y, x, owner)
+                    (*where, y, x, owner)
                     for y in range(-(-ty // block))
                     for x in range(-(-tx // block))
                 ],
@@ -260,8 +264,7 @@ def ingest_image(
                 client.run(_malloc.restore, owner)
             except Exception:  # a worker lost meanwhile starts afresh anyway
                 pass
-    root = zarr.open_group(store=zarr_store(zarr_url, storage_options), mode="r+")
-    root.attrs["segpipe"] = {**own, "complete": True}
+    root.attrs["segpipe"] = {**own, "complete": True}  # the group's metadata: nothing else wrote it
     return meta
 
 

@@ -146,11 +146,19 @@ def _n_threads(client: Any) -> int:
     return os.cpu_count() or 1
 
 
-def _run(tasks: list[Any], client: Any) -> None:
+def _run(calls: list[tuple[Any, ...]], client: Any) -> None:
+    """Run :func:`_build_group` once per argument tuple: on ``client``, else with dask's
+    default scheduler — or, for a single task without a client, right here (a one-block
+    image: no graph to build for one call)."""
     import dask
 
-    if not tasks:
+    if not calls:
         return
+    if client is None and len(calls) == 1:
+        _build_group(*calls[0])
+        return
+    build = dask.delayed(_build_group, pure=False)
+    tasks = [build(*args) for args in calls]
     if client is None:
         dask.compute(*tasks)
     else:

@@ -233,7 +233,8 @@ def publish_stage(results: str, image_id: str, run_id: str, zarr_url: str, segme
     done["timings"] = timings
     tables.write_image_row(results, done, storage_options=storage_options)
     try:
-        tables.prune_regions(results, image_id, run_id, storage_options=storage_options)
+        if tables.has_older_regions(results, image_id, run_id, storage_options=storage_options):
+            tables.prune_regions(results, image_id, run_id, storage_options=storage_options)
     except Exception as exc:  # pruning is housekeeping: never fail a committed image
         log.warning("%s: could not remove older region files: %s", image_id, one_line(exc))
     return done

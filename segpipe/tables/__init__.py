@@ -14,7 +14,13 @@ This package alone owns the schemas (:data:`REGIONS_SCHEMA`, :data:`IMAGES_SCHEM
 """
 
 from segpipe.tables._query import FORMATS, render_table, run_query
-from segpipe.tables._read import image_states, latest_done, open_results, prune_regions
+from segpipe.tables._read import (
+    has_older_regions,
+    image_states,
+    latest_done,
+    open_results,
+    prune_regions,
+)
 from segpipe.tables._schemas import (
     IMAGE_STATUSES,
     IMAGES_SCHEMA,
@@ -42,6 +48,7 @@ __all__ = [
     "RUNS_SCHEMA",
     "SCHEMAS",
     "SCHEMA_VERSION",
+    "has_older_regions",
     "image_states",
     "init_results",
     "latest_done",

@@ -99,6 +99,29 @@ def latest_done(
     return {k: _plain(v) for k, v in latest.items()}
 
 
+def has_older_regions(
+    results: str | os.PathLike[str],
+    image_id: str,
+    keep_run_id: str,
+    storage_options: dict[str, Any] | None = None,
+) -> bool:
+    """Whether :func:`prune_regions` would find anything to remove: a file in the image's
+    regions folder other than ``<keep_run_id>.parquet`` (older runs, temp files).
+
+    One listing, no table read: a first run of an image skips the pruning's checks.
+    """
+    check_id(image_id, "image_id")
+    fs, root = resolve(results, storage_options)
+    folder = f"{root}/tables/regions/{image_id}"
+    fs.invalidate_cache(folder)
+    try:
+        found = fs.find(folder)
+    except FileNotFoundError:
+        return False
+    keep = f"{folder}/{keep_run_id}.parquet"
+    return any(p != keep for p in found)
+
+
 def prune_regions(
     results: str | os.PathLike[str],
     image_id: str,

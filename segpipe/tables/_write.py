@@ -141,7 +141,7 @@ def write_image_row(
     table = _row_table(row, IMAGES_SCHEMA, "images")
     fs, root = resolve(results, storage_options)
     path = f"{root}/tables/images/{image_id}/{run_id}.parquet"
-    write_parquet_atomic(fs, path, table)
+    write_parquet_atomic(fs, path, table, compression="none")  # one row
     return results_path(fs, path)
 
 
@@ -227,7 +227,7 @@ def write_run_row(
     table = _row_table(row, RUNS_SCHEMA, "runs")
     fs, root = resolve(results, storage_options)
     path = f"{root}/tables/runs/{run_id}.parquet"
-    write_parquet_atomic(fs, path, table)
+    write_parquet_atomic(fs, path, table, compression="none")  # one row
     return results_path(fs, path)
 
 
