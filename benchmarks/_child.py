@@ -52,6 +52,20 @@ def _prepared(raw: np.ndarray, model: Any, modality: str) -> np.ndarray:
     return prepare(raw, stats, model.card, modality)
 
 
+def cut_tiles(x: np.ndarray, card: Any) -> np.ndarray:
+    """``(C, Y, X)`` prepared input cut into the card's tiles (stride = tile − 2·halo),
+    reflect-padded: what the network alone is timed on."""
+    _, ny, nx = x.shape
+    tile, halo, stride = card.tile, card.halo, card.stride
+    rows, cols = -(-ny // stride), -(-nx // stride)
+    pad = ((0, 0), (halo, rows * stride - ny + halo), (halo, cols * stride - nx + halo))
+    xp = np.pad(x, pad, mode="reflect")
+    return np.stack([
+        xp[:, r * stride : r * stride + tile, c * stride : c * stride + tile]
+        for r in range(rows) for c in range(cols)
+    ])  # fmt: skip
+
+
 def _modality(path: str) -> str:
     from segpipe.io import open_image
 
@@ -233,21 +247,8 @@ def model_only(a: argparse.Namespace) -> dict[str, Any]:
     raw = _read_level0(a.source)
     x = _prepared(raw, model, _modality(a.source))
     _, ny, nx = x.shape
-    tile, halo, stride = card.tile, card.halo, card.stride
-    rows, cols = -(-ny // stride), -(-nx // stride)
-    xp = np.pad(
-        x,
-        ((0, 0), (halo, rows * stride - ny + halo), (halo, cols * stride - nx + halo)),
-        mode="reflect",
-    )
-    tiles = np.stack(
-        [
-            xp[:, ky * stride : ky * stride + tile, kx * stride : kx * stride + tile]
-            for ky in range(rows)
-            for kx in range(cols)
-        ]
-    )
-    del xp, x, raw
+    tiles = cut_tiles(x, card)
+    del x, raw
     model.predict(tiles[: a.batch])  # warm-up (a full batch: the shapes the runs use)
     runs = []
     for _ in range(a.repeats):
@@ -259,8 +260,8 @@ def model_only(a: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
         "pixels": ny * nx,
         "n_tiles": len(tiles),
-        "tile": tile,
-        "stride": stride,
+        "tile": card.tile,
+        "stride": card.stride,
         "threads": a.threads,
     }
 

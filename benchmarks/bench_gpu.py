@@ -91,35 +91,19 @@ class GpuSampler:
 
 
 def _prepared(slide: Path, model: Any) -> np.ndarray:
-    from segpipe.io import open_image
-    from segpipe.normalize import prepare, stats_from_image
+    """Normalised input of the whole slide, as the CPU benchmarks prepare it."""
+    from benchmarks._child import _modality, _read_level0
+    from benchmarks._child import _prepared as prepared
 
-    with open_image(str(slide)) as src:
-        y, x = src.level_shapes[0]
-        raw = np.asarray(src.read_region(0, 0, 0, y, x))
-        modality = str(src.modality)
-    stats = stats_from_image(raw, model.card, modality)
-    return prepare(raw, stats, model.card, modality)
-
-
-def _tiles(x: np.ndarray, card: Any) -> np.ndarray:
-    """The slide cut into the card's tiles (stride = tile − 2·halo), reflect-padded."""
-    _, ny, nx = x.shape
-    tile, halo, stride = card.tile, card.halo, card.stride
-    rows, cols = -(-ny // stride), -(-nx // stride)
-    pad = ((0, 0), (halo, rows * stride - ny + halo), (halo, cols * stride - nx + halo))
-    xp = np.pad(x, pad, mode="reflect")
-    return np.stack([
-        xp[:, r * stride : r * stride + tile, c * stride : c * stride + tile]
-        for r in range(rows) for c in range(cols)
-    ])  # fmt: skip
+    return prepared(_read_level0(str(slide)), model, _modality(str(slide)))
 
 
 def model_only(slide: Path, batch: int, repeats: int) -> dict[str, Any]:
+    from benchmarks._child import cut_tiles
     from segpipe.models import load_model
 
     model = load_model(MODEL, device=DEVICE)
-    tiles = _tiles(_prepared(slide, model), model.card)
+    tiles = cut_tiles(_prepared(slide, model), model.card)
     pixels = _pixels(slide)
     model.predict(tiles[:batch])
     runs = []
@@ -173,13 +157,12 @@ def monai(slide: Path, batch: int, repeats: int, postprocess: bool = False) -> d
 
 def _labels_and_regions(probs: np.ndarray, slide: Path, card: Any) -> int:
     """Whole-image labels and region statistics, as segpipe writes them (one process)."""
-    from segpipe.io import open_image
+    from benchmarks._child import _read_level0
     from segpipe.postprocess import to_labels
     from segpipe.regions import regions_table
 
     labels = to_labels(probs, card).labels
-    with open_image(str(slide)) as src:
-        raw = np.asarray(src.read_region(0, 0, 0, *src.level_shapes[0]))
+    raw = _read_level0(str(slide))
     cols = regions_table(labels, raw, mpp=0.5, class_names=list(card.classes), image_id="bench")
     return len(cols["label"])
 
