@@ -40,8 +40,7 @@ from segpipe.errors import ConfigError
 
 __all__ = [
     "connect", "cluster_client", "has_gpu_workers", "count_gpu_workers", "count_gpus",
-    "workers_per_gpu",
-    "worker_threads", "ADDRESS_ENV",
+    "workers_per_gpu", "worker_threads", "ADDRESS_ENV",
 ]  # fmt: skip
 
 #: Environment variable naming the scheduler address to connect to.

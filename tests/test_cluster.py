@@ -119,4 +119,3 @@ def test_workers_per_gpu_uses_the_cores_and_fits_the_card() -> None:
     assert workers_per_gpu(16, 2, 80.0) == 4
     assert workers_per_gpu(16, 1, 10.0) == 2  # one per 4 GiB of the card
     assert workers_per_gpu(2, 2) == 1 and workers_per_gpu(1, 4, 2.0) == 1  # at least one
-
