@@ -7,20 +7,27 @@ through Prefect and a Dask cluster (one worker per core). Images per second, who
 included for segpipe; the time its run summary reports (the images only: no Prefect
 server, cluster or model start) is shown separately. A third row runs segpipe's own
 per-image work (``process_image``) in a plain loop without Prefect or Dask, on the first
-``--work-images`` files: what the orchestration itself costs or gains.
+``--work-images`` files: what the orchestration itself costs or gains. With ``--server``
+(default) the command is timed once more against a Prefect API server that is already
+running (``PREFECT_API_URL``), as it is for scheduled nightly runs: the temporary server
+each bare command starts is part of its start-up.
 Target: segpipe ≥ 0.5× the ``segment_array`` loop's images/s (orchestration must not dominate).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 from benchmarks._data import png_archive
 from benchmarks._harness import (
+    ChildRun,
     Outcome,
     cli_main,
     mb,
@@ -45,6 +52,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--side", type=int, default=None, help="PNG side (default 1024; 512 with --quick)."
     )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    p.add_argument(
+        "--server", action=argparse.BooleanOptionalAction, default=True,
+        help="Also time segpipe run against a running Prefect API server (PREFECT_API_URL), "
+        "as scheduled nightly runs have one.",
+    )  # fmt: skip
     p.add_argument(
         "--run-model",
         default="classical",
@@ -77,27 +89,11 @@ def run(args: argparse.Namespace) -> Outcome:
         args.workdir,
         label="overhead-work",
     )  # fmt: skip
-    cli_runs = []
-    for i in range(r):
-        out = args.workdir / "out" / "overhead"
-        shutil.rmtree(out, ignore_errors=True)
-        cli_runs.append(
-            run_child(
-                "cli",
-                [
-                    "--source",
-                    archive,
-                    "--out",
-                    out,
-                    "--model",
-                    args.run_model,
-                    "--workers",
-                    args.workers,
-                ],
-                args.workdir,
-                label=f"overhead-cli-{i}",
-            )
-        )
+    cli_runs = _cli_runs(args, archive, r, None)
+    served = None
+    if args.server:
+        with _prefect_server() as api_url:
+            served = _cli_runs(args, archive, r, {"PREFECT_API_URL": api_url}, "-server")
     t_loop = median(loop.result["runs"])
     t_cli = median(c.result["seconds"] for c in cli_runs)
     flow_s = [_flow_seconds(c.result["summary"]) for c in cli_runs]
@@ -124,6 +120,12 @@ def run(args: argparse.Namespace) -> Outcome:
         f"plain loop: segpipe's per-image work (process_image, 1 process; {n_work} images timed, scaled to {n})",
         t_work, n / t_work, t_loop / t_work, mb(work.peak_rss),
     ])  # fmt: skip
+    if served:
+        t_served = median(c.result["seconds"] for c in served)
+        rows.append([
+            f"segpipe run ({args.workers} workers), whole command, Prefect server already running",
+            t_served, n / t_served, t_loop / t_served, mb(max(c.peak_rss for c in served)),
+        ])  # fmt: skip
     if t_flow:
         rows.append(
             [
@@ -137,7 +139,8 @@ def run(args: argparse.Namespace) -> Outcome:
     save_json(
         args.workdir,
         "overhead",
-        {"loop": loop.result, "work": work.result, "cli": [c.result for c in cli_runs], "flow_s": t_flow},
+        {"loop": loop.result, "work": work.result, "cli": [c.result for c in cli_runs],
+         "cli_server": [c.result for c in served or []], "flow_s": t_flow},  # fmt: skip
     )
     ratio = t_loop / t_cli
     notes = [
@@ -166,6 +169,36 @@ def run(args: argparse.Namespace) -> Outcome:
         notes,
         args.quick,
     )
+
+
+def _cli_runs(
+    args: argparse.Namespace, archive: Path, r: int, env: dict[str, str] | None, tag: str = ""
+) -> list[ChildRun]:
+    """``r`` runs of the ``segpipe run`` command, each into an empty results folder."""
+    runs = []
+    for i in range(r):
+        out = args.workdir / "out" / "overhead"
+        shutil.rmtree(out, ignore_errors=True)
+        runs.append(run_child(
+            "cli",
+            ["--source", archive, "--out", out, "--model", args.run_model, "--workers", args.workers],
+            args.workdir, env=env, label=f"overhead-cli{tag}-{i}",
+        ))  # fmt: skip
+    return runs
+
+
+@contextlib.contextmanager
+def _prefect_server() -> Iterator[str]:
+    """A Prefect API server for the duration (the one Prefect starts on demand, started
+    here once, as ``prefect server start`` runs beside scheduled deployments); its URL."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    try:
+        yield str(server.api_url)
+    finally:
+        server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
