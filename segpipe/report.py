@@ -235,8 +235,10 @@ def render_report(
     run = runs[0] if runs else {"run_id": run_id, "status": "unknown"}
     fs, root = url_to_fs(results, storage_options)
     root = root.rstrip("/")
-    regions = {r["image_id"]: _read_regions(fs, root, r["image_id"], run_id)
-               for r in images if r["status"] == "done"}  # fmt: skip
+    done_ids = [r["image_id"] for r in images if r["status"] == "done"]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one small file per image: read them at once
+        regions = dict(zip(done_ids, pool.map(lambda i: _read_regions(fs, root, i, run_id), done_ids),
+                           strict=True))  # fmt: skip
     use_um = any(r.get("mpp") for r in images)
     unit, col = ("µm²", "area_um2") if use_um else ("px", "area_px")
     areas = np.concatenate([np.asarray(t.column(col).to_numpy(zero_copy_only=False), float)

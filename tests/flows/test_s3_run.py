@@ -38,6 +38,10 @@ def test_s3_archive_to_s3_results(s3, dask_client, fast, make_image, tmp_path):
     con = tables.open_results(results)
     assert {r[0] for r in con.execute("select distinct image_id from regions").fetchall()} == {"a", "sub_b"}
     assert s3.fs.exists(f"{bucket}/results/images/a.ome.zarr/zarr.json")
+    # the report is written to S3 too (its region files are read there, several at once)
+    assert first.report and first.report.startswith("s3://"), first.report
+    html = s3.fs.cat_file(first.report).decode()
+    assert 'id="img-a"' in html and 'id="img-sub_b"' in html and "Regions per class" in html
     assert archive_run(source, results, overrides=fast).skipped == 2
     with ResultsLock(results, owner="run-other", lease_s=30):
         with pytest.raises(ResultsLockedError, match="run-other"):
