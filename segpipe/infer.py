@@ -374,8 +374,8 @@ def segment_image(
     progress: Callable[[int, int], None] | None = None,
     batch: int = 8,
     device: str | None = None,
-    finish_threads: int | None = None,
-    gpu_group: int | None = None,
+    finish_threads: int = 2,
+    gpu_group: int = GPU_GROUP,
 ) -> SegmentResult:
     """Segment an ingested OME-Zarr image into ``labels/<label_name>`` and region columns.
 
@@ -408,11 +408,11 @@ def segment_image(
         Tiles per ``model.predict`` call (where a window is tiled).
     device : str, optional
         Torch device for the model in each worker; default CUDA when the worker has a GPU.
-    finish_threads : int, optional
+    finish_threads : int
         Threads inside each pass-1 task that read windows ahead and finish blocks
-        (post-processing, statistics, writes) while the model runs; default 2.
-    gpu_group : int, optional
-        Blocks per pass-1 task on GPU workers (default :data:`GPU_GROUP`).
+        (post-processing, statistics, writes) while the model runs.
+    gpu_group : int
+        Blocks per pass-1 task on GPU workers (at most; see :data:`GPU_GROUP`).
 
     Returns
     -------
@@ -451,7 +451,7 @@ def segment_image(
     halo = int(halo)
     if batch < 1:
         raise ConfigError(f"batch={batch} must be >= 1")
-    if finish_threads is not None and finish_threads < 1:
+    if finish_threads < 1:
         raise ConfigError(f"finish_threads={finish_threads} must be >= 1")
     if halo < 2:
         raise ConfigError(f"halo={halo}: stitching and perimeters need at least 2 px of context")
@@ -489,7 +489,7 @@ def segment_image(
         stats=stats, modality=meta.modality, scale=scale, semantic=semantic,
         storage_options=storage_options, predict_grid=predict_grid, batch=batch, device=device,
         cell=MASK_CELL, context=mask_context(card.halo, scale), edge=_edge(loaded, scale, halo),
-        finish_threads=finish_threads or 2,
+        finish_threads=finish_threads,
     )  # fmt: skip
     pieces = {b: _cells_of(cells, grid, b, MASK_CELL) for b in todo}
     timings["prepare"] = time.perf_counter() - t_start
@@ -507,7 +507,7 @@ def segment_image(
             columns_partial, t = _local(job, todo, loaded, tick, pieces, direct)
         else:
             columns_partial, t = _distributed(
-                job, todo, model, client, tick, pieces, direct, gpu_group or GPU_GROUP
+                job, todo, model, client, tick, pieces, direct, gpu_group
             )
         timings.update(t)
     finally:
