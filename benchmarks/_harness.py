@@ -25,9 +25,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "DOCS",
@@ -85,7 +88,35 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-class PeakRSS:
+class Sampler:
+    """Calls :meth:`sample` every ``interval`` s on a background thread while in a ``with``
+    block (once more on entry). Subclasses implement :meth:`sample`."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        """Take one sample now."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class PeakRSS(Sampler):
     """Sample the summed RSS of a process tree in a background thread; keep the peak.
 
     >>> with PeakRSS() as mem:  # doctest: +SKIP
@@ -94,19 +125,12 @@ class PeakRSS:
     """
 
     def __init__(self, pid: int | None = None, interval: float = 0.05) -> None:
+        super().__init__(interval)
         self.proc = psutil.Process(pid if pid is not None else os.getpid())
-        self.interval = interval
         self.series: list[tuple[float, int]] = []  # (time.time(), summed RSS)
         self.peak = 0
         self.n_samples = 0
         self.max_procs = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
 
     def sample(self) -> None:
         """Take one sample now."""
@@ -119,15 +143,6 @@ class PeakRSS:
         self.series.append((time.time(), rss))
         self.peak = max(self.peak, rss)
         self.n_samples += 1
-
-    def __enter__(self) -> PeakRSS:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # ---- child runs --------------------------------------------------------------------------

@@ -31,12 +31,13 @@ import os
 import shutil
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks._harness import Sampler
 
 MODEL = "nuclei"
 DEVICE = "cuda"  # "cpu" with --dry-run (checks the script on a machine without a GPU)
@@ -49,10 +50,11 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-class GpuSampler:
+class GpuSampler(Sampler):
     """GPU utilisation (%) and memory used (MiB) sampled every ``interval`` s through NVML."""
 
     def __init__(self, interval: float = 0.05) -> None:
+        super().__init__(interval)
         self._nvml: Any = None
         if DEVICE == "cuda":
             import pynvml
@@ -60,25 +62,13 @@ class GpuSampler:
             pynvml.nvmlInit()
             self._nvml = pynvml
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        self.interval = interval
         self.util: list[int] = []
         self.mem: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while self._nvml is not None and not self._stop.is_set():
+    def sample(self) -> None:
+        if self._nvml is not None:
             self.util.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
             self.mem.append(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**20)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> GpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def summary(self) -> dict[str, float]:
         if not self.util:
