@@ -9,6 +9,7 @@ orchestration would otherwise cost more than the work. Larger ones run stage by 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -157,16 +158,15 @@ def archive_run(source: str, results: str, model: str | None = None, config: str
         tables.write_skipped_rows(results, run_id, skipped_rows(to_skip, states, run_id))
         get_reporter().run_started(run_id, len(to_run), len(to_skip))
         outcomes: list[ImageOutcome] = []
-        client = None
-        if to_run:
-            with open_client(cfg) as client:
+        with open_client(cfg) if to_run else contextlib.nullcontext() as client:
+            if to_run:
                 get_reporter().cluster_started(client)
                 outcomes = run_images(to_run, results, ref, cfg, client, run_id, lock)
-        summary = summarise(run_id, source, results, ref, outcomes, len(items), len(to_skip), t0)
-        tables.write_run_row(results, run_row(run_id, source, results, ref, cfg, summary.status, started,
-                                              client=None, outcomes=outcomes, n_images=len(items),
-                                              n_skipped=len(to_skip)))
-        summary.report = _write_report(results, run_id, logger)
+            summary = summarise(run_id, source, results, ref, outcomes, len(items), len(to_skip), t0)
+            tables.write_run_row(results, run_row(run_id, source, results, ref, cfg, summary.status, started,
+                                                  client=None, outcomes=outcomes, n_images=len(items),
+                                                  n_skipped=len(to_skip)))
+            summary.report = _write_report(results, run_id, logger, client)  # pictures on the idle workers
     summary.seconds = time.perf_counter() - t0
     create_markdown_artifact(_summary_markdown(summary), key="segpipe-run", description=f"segpipe run {run_id}")
     for line in summary.lines():
@@ -174,14 +174,14 @@ def archive_run(source: str, results: str, model: str | None = None, config: str
     return summary
 
 
-def _write_report(results: str, run_id: str, logger: Any) -> str | None:
+def _write_report(results: str, run_id: str, logger: Any, client: Any = None) -> str | None:
     try:
         from segpipe.report import write_report
     except ImportError:
         logger.warning("no HTML report: segpipe.report is not available")
         return None
     try:
-        return str(write_report(results, run_id))
+        return str(write_report(results, run_id, client=client))
     except Exception as exc:  # the run is committed already: a report problem is a warning
         logger.warning("no HTML report: %s", one_line(exc))
         return None

@@ -176,7 +176,23 @@ def _open_array(url: str, storage_options: dict[str, Any] | None, mode: str = "r
 
     from segpipe.io import zarr_store
 
-    return zarr.open_array(store=zarr_store(url, storage_options, read_only=mode == "r"), mode=mode)
+    store = zarr_store(url, storage_options, read_only=mode == "r")
+    return zarr.open_array(store=store, mode=mode, zarr_format=3)  # segpipe writes only v3
+
+
+def _write_block(url: str, storage_options: dict[str, Any] | None, y0: int, x0: int, data: np.ndarray) -> None:
+    """Write ``data`` at ``(y0, x0)`` (a block's core, on the chunk grid) of the array at ``url``.
+
+    The label arrays skip chunks of background (``write_empty_chunks=False``), a check zarr
+    makes with a full comparison per chunk (~2 ms per megapixel of uint32). When every chunk
+    of ``data`` holds a label, the check is skipped: the same chunks are written.
+    """
+    array = _open_array(url, storage_options, "r+")
+    cy, cx = (int(c) for c in array.chunks)
+    if all(data[y : y + cy, x : x + cx].any() for y in range(0, data.shape[0], cy)
+           for x in range(0, data.shape[1], cx)):  # fmt: skip
+        array = array.with_config({"write_empty_chunks": True})
+    array[y0 : y0 + data.shape[0], x0 : x0 + data.shape[1]] = data
 
 
 def _read_window(job: _Job, block: tuple[int, int]) -> np.ndarray:
@@ -244,10 +260,9 @@ def _finish(
     y0, x0, y1, x1 = grid.core(block)
     core = grid.core_in_window(block)
     if record.count:
-        _open_array(job.tmp_url, job.storage_options, "r+")[y0:y1, x0:x1] = core_ids
+        _write_block(job.tmp_url, job.storage_options, y0, x0, core_ids)
         if job.classes_url is not None and seg.classes is not None:
-            cls = seg.classes[core].astype(np.uint8)
-            _open_array(job.classes_url, job.storage_options, "r+")[y0:y1, x0:x1] = cls
+            _write_block(job.classes_url, job.storage_options, y0, x0, seg.classes[core].astype(np.uint8))
     part = partial_stats(seg.labels, raw, (wy0, wx0), seg.classes, core=core)
     provisional = np.searchsorted(window_ids, part.label).astype(np.uint32) + 1
     return record, part.relabel(provisional)
@@ -259,11 +274,13 @@ def _pass1(
     model: Any,
     tick: Callable[[], None] | None = None,
     cells: Sequence[np.ndarray | None] | None = None,
+    known: dict[tuple[int, int], np.ndarray] | None = None,
 ) -> tuple[list[BlockRecord], list[Partial]]:
     """Pass 1 of consecutive blocks as a pipeline: the next windows are read and the
     previous ones finished (post-processing, stitch records, statistics, writes) on two
     threads while this thread runs the model, so I/O and CPU work overlap the (GPU)
-    prediction. ``cells[i]``: block ``i``'s piece of the tissue-cell grid (None: all)."""
+    prediction. ``cells[i]``: block ``i``'s piece of the tissue-cell grid (None: all).
+    ``known``: windows already in memory (e.g. a one-block image's level 0), not read again."""
     from segpipe import _malloc
     from segpipe.models import load_model
     from segpipe.predict import window_probabilities
@@ -271,13 +288,18 @@ def _pass1(
     model = load_model(model, device=job.device)  # cached: once per worker process
     out: list[tuple[BlockRecord, Partial]] = []
     ahead = max(2, job.finish_threads)  # windows read ahead = finishes in flight
+    known = known or {}
+
+    def read(block: tuple[int, int]) -> np.ndarray:
+        return known[block] if block in known else _read_window(job, block)
+
     with _malloc.raised(), ThreadPoolExecutor(max_workers=job.finish_threads) as pool:
-        reads = [pool.submit(_read_window, job, b) for b in blocks[:2]]
+        reads = [pool.submit(read, b) for b in blocks[:2]]
         finishing = []
         for i, block in enumerate(blocks):
             raw = reads[i].result()
             if i + 2 < len(blocks):
-                reads.append(pool.submit(_read_window, job, blocks[i + 2]))
+                reads.append(pool.submit(read, blocks[i + 2]))
             wy0, wx0, _, _ = job.grid.window(block)
             mask = _window_mask(job, block, None if cells is None else cells[i])
             probs = window_probabilities(
@@ -306,7 +328,7 @@ def _pass2(
     y0, x0, y1, x1 = job.grid.core(block)
     provisional = _open_array(job.tmp_url, job.storage_options)[y0:y1, x0:x1]
     final = apply_relabel(provisional, offset, remap)
-    _open_array(job.labels_url, job.storage_options, "r+")[y0:y1, x0:x1] = final
+    _write_block(job.labels_url, job.storage_options, y0, x0, final)
     return part.relabel(apply_relabel(part.label, offset, remap))
 
 
@@ -504,7 +526,10 @@ def segment_image(
 
     try:
         if client is None:
-            columns_partial, t = _local(job, todo, loaded, tick, pieces, direct)
+            # a one-block image's window is its level 0, already read as the thumbnail
+            whole = direct and level == 0 and grid.window((0, 0)) == (0, 0, *meta.shape)
+            known = {(0, 0): thumb} if whole else None
+            columns_partial, t = _local(job, todo, loaded, tick, pieces, direct, known)
         else:
             columns_partial, t = _distributed(
                 job, todo, model, client, tick, pieces, direct, gpu_group
@@ -552,9 +577,10 @@ def _local(
     tick: Callable[[], None],
     pieces: dict[tuple[int, int], np.ndarray | None],
     direct: bool = False,
+    known: dict[tuple[int, int], np.ndarray] | None = None,
 ) -> tuple[Partial, dict[str, float]]:
     t0 = time.perf_counter()
-    records, parts = _pass1(job, todo, model, tick, [pieces[b] for b in todo])
+    records, parts = _pass1(job, todo, model, tick, [pieces[b] for b in todo], known)
     t1 = time.perf_counter()
     relabel = plan(records)
     t2 = time.perf_counter()

@@ -338,6 +338,7 @@ def label_names(zarr_url: str, storage_options: dict[str, Any] | None = None) ->
         labels = zarr.open_group(
             store=zarr_store(join_url(zarr_url, "labels"), storage_options, read_only=True),
             mode="r",
+            zarr_format=3,
         )
     except (FileNotFoundError, KeyError, ValueError):
         return []

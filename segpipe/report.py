@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,8 @@ from segpipe.errors import ResultsError
 from segpipe.io import join_url, url_to_fs
 
 __all__ = ["write_report", "render_report", "MAX_IMAGES"]
+
+log = logging.getLogger("segpipe.report")
 
 #: Images drawn with thumbnails; the others are listed in the tables only.
 MAX_IMAGES = 100
@@ -145,11 +148,32 @@ def _read_regions(fs: Any, root: str, image_id: str, run_id: str) -> pa.Table | 
         return None
 
 
+def _pictures(
+    results: str, row: dict[str, Any], regions: pa.Table | None, storage_options: dict[str, Any] | None
+) -> list[str]:  # fmt: skip
+    """The ``<img>`` tags of a done image: its thumbnail, and with the label contours."""
+    from segpipe.show import overlay_images
+
+    image_id = row["image_id"]
+    try:
+        label_classes = None
+        if regions is not None:
+            label_classes = dict(zip(regions.column("label").to_pylist(),
+                                     regions.column("class").to_pylist(), strict=True))  # fmt: skip
+        uri = row.get("labels_uri")
+        name = str(uri).rstrip("/").rsplit("/", 1)[-1] if uri else None
+        plain, drawn, _ = overlay_images(results, image_id, label_name=name, max_size=THUMB_SIZE,
+                                         label_classes=label_classes, storage_options=storage_options)  # fmt: skip
+        return [f'<img class="thumb" alt="{_e(image_id)}" src="{_data_uri(plain)}">',
+                f'<img class="overlay" alt="{_e(image_id)} with labels" src="{_data_uri(drawn)}">']  # fmt: skip
+    except (OSError, ValueError, KeyError) as exc:  # a missing pyramid must not sink the report
+        return [f'<div class="muted">no picture: {_e(" ".join(str(exc).split())[:200])}</div>']
+
+
 def _image_section(
-    results: str, row: dict[str, Any], regions: pa.Table | None, edges: np.ndarray | None,
-    unit: str, draw: bool, storage_options: dict[str, Any] | None,
+    row: dict[str, Any], regions: pa.Table | None, edges: np.ndarray | None, unit: str, pics: list[str]
 ) -> str:  # fmt: skip
-    from segpipe.show import class_colors, overlay_images
+    from segpipe.show import class_colors
 
     image_id, status = row["image_id"], row["status"]
     parts = [f'<section class="image" id="img-{_e(image_id)}"><h3>{_e(image_id)} '
@@ -161,21 +185,7 @@ def _image_section(
     if regions is not None and regions.num_rows:
         classes = regions.column("class").to_pylist()
         colors = class_colors(set(classes))
-    pics = []
-    if draw and status == "done":
-        try:
-            label_classes = None
-            if regions is not None:
-                label_classes = dict(zip(regions.column("label").to_pylist(),
-                                         regions.column("class").to_pylist(), strict=True))  # fmt: skip
-            uri = row.get("labels_uri")
-            name = str(uri).rstrip("/").rsplit("/", 1)[-1] if uri else None
-            plain, drawn, _ = overlay_images(results, image_id, label_name=name, max_size=THUMB_SIZE,
-                                             label_classes=label_classes, storage_options=storage_options)  # fmt: skip
-            pics = [f'<img class="thumb" alt="{_e(image_id)}" src="{_data_uri(plain)}">',
-                    f'<img class="overlay" alt="{_e(image_id)} with labels" src="{_data_uri(drawn)}">']  # fmt: skip
-        except (OSError, ValueError, KeyError) as exc:  # a missing pyramid must not sink the report
-            pics = [f'<div class="muted">no picture: {_e(" ".join(str(exc).split())[:200])}</div>']
+    pics = list(pics)
     if regions is not None and edges is not None and regions.num_rows:
         col = "area_um2" if unit == "µm²" else "area_px"
         by_class: dict[str, list[float]] = {}
@@ -198,8 +208,9 @@ def _image_section(
 
 
 def render_report(
-    results: str | os.PathLike[str], run_id: str, storage_options: dict[str, Any] | None = None
-) -> str:
+    results: str | os.PathLike[str], run_id: str, storage_options: dict[str, Any] | None = None,
+    client: Any = None,
+) -> str:  # fmt: skip
     """The HTML of the report of run ``run_id`` (see :func:`write_report`)."""
     from segpipe.show import class_colors
     from segpipe.tables import open_results
@@ -323,11 +334,21 @@ def render_report(
                         *[dict(r.get("timings") or {}).get(k) for k in timing_keys]] for r in images],
                       numeric={2, 3, *range(4, 4 + len(timing_keys))}))  # fmt: skip
     out.append(f'<h2 id="images">Images ({len(images)})</h2>')
-    # the pictures (zarr reads, contour drawing, PNG encoding) release the GIL: draw a few at once
-    with ThreadPoolExecutor(max_workers=min(4, max(1, len(images)))) as pool:
-        out.extend(pool.map(lambda ir: _image_section(
-            results, ir[1], regions.get(ir[1]["image_id"]), edges, unit, draw=ir[0] < MAX_IMAGES,
-            storage_options=storage_options), enumerate(images)))  # fmt: skip
+    drawn = [r for r in images[:MAX_IMAGES] if r["status"] == "done"]
+    args = [(results, r, regions.get(r["image_id"]), storage_options) for r in drawn]
+    pics = None
+    if client is not None and args:  # the run's workers are idle now, and hold no GIL of ours
+        try:
+            pics = client.gather([client.submit(_pictures, *a, pure=False) for a in args])
+        except Exception as exc:  # a lost worker or cluster: draw them here instead
+            log.warning("report pictures: the cluster failed (%s: %s); drawing them here",
+                        type(exc).__name__, " ".join(str(exc).split())[:200])
+    if pics is None:  # zarr reads, resizing and JPEG encoding release the GIL: draw a few at once
+        with ThreadPoolExecutor(max_workers=min(4, max(1, len(args)))) as pool:
+            pics = list(pool.map(lambda a: _pictures(*a), args))
+    by_id = {r["image_id"]: p for r, p in zip(drawn, pics, strict=True)}
+    out.extend(_image_section(r, regions.get(r["image_id"]), edges, unit, by_id.get(r["image_id"], []))
+               for r in images)  # fmt: skip
     if len(images) > MAX_IMAGES:
         out.append(
             f'<div class="muted">pictures shown for the first {MAX_IMAGES} images only</div>'
@@ -337,8 +358,9 @@ def render_report(
 
 
 def write_report(
-    results: str | os.PathLike[str], run_id: str, storage_options: dict[str, Any] | None = None
-) -> str:
+    results: str | os.PathLike[str], run_id: str, storage_options: dict[str, Any] | None = None,
+    client: Any = None,
+) -> str:  # fmt: skip
     """Write ``RESULTS/reports/<run_id>.html``: one self-contained page for a run.
 
     The page shows the run summary (counts, duration, model, weights hash, config hash),
@@ -353,6 +375,9 @@ def write_report(
         The run (``RESULTS/tables/runs/<run_id>.parquet`` or images rows of that run).
     storage_options : dict, optional
         fsspec options for remote results.
+    client : distributed.Client, optional
+        Draw the pictures on this cluster (a run's workers, idle once its images are done)
+        instead of on threads here.
 
     Returns
     -------
@@ -367,7 +392,7 @@ def write_report(
     from segpipe.tables._store import check_id, write_bytes_atomic
 
     check_id(run_id, "run_id")
-    page = render_report(results, run_id, storage_options)
+    page = render_report(results, run_id, storage_options, client)
     url = join_url(str(results), "reports", f"{run_id}.html")
     fs, path = url_to_fs(url, storage_options)
     write_bytes_atomic(fs, path, page.encode("utf-8"))

@@ -80,13 +80,31 @@ def _to_rgb(data: np.ndarray) -> np.ndarray:
     )
     out = np.empty(data.shape[1:] + (3,), np.uint8)
     for i, ch in enumerate(chans):
-        if ch.dtype == np.uint8:
-            out[..., i] = ch
-            continue
-        ch = ch.astype(np.float32)
-        lo, hi = np.percentile(ch, (1.0, 99.8)) if ch.size else (0.0, 1.0)
-        out[..., i] = np.clip((ch - lo) / max(float(hi - lo), 1e-6) * 255, 0, 255).astype(np.uint8)
+        out[..., i] = _stretch(ch)
     return out
+
+
+def _stretch(ch: np.ndarray) -> np.ndarray:
+    """One channel as uint8: itself when 8-bit, else stretched between its 1st and 99.8th percentile."""
+    if ch.dtype == np.uint8:
+        return ch
+    ch = ch.astype(np.float32)
+    lo, hi = np.percentile(ch, (1.0, 99.8)) if ch.size else (0.0, 1.0)
+    return np.clip((ch - lo) / max(float(hi - lo), 1e-6) * 255, 0, 255).astype(np.uint8)
+
+
+def _shrunk(data: np.ndarray, max_size: int) -> np.ndarray:
+    """``(C, Y, X)`` → uint8 ``(min(C, 3), y, x)`` with the long side ``max_size`` (bilinear).
+
+    Each channel is stretched and shrunk on its own before any RGB copy is made: a grey image
+    is resized once, not three times.
+    """
+    from PIL import Image
+
+    scale = max_size / max(data.shape[1:])
+    size = (max(1, round(data.shape[2] * scale)), max(1, round(data.shape[1] * scale)))
+    return np.stack([np.asarray(Image.fromarray(_stretch(ch)).resize(size, Image.Resampling.BILINEAR))
+                     for ch in data[:3]])  # fmt: skip
 
 
 def _label_info(
@@ -188,12 +206,11 @@ def overlay_images(
             raise ConfigError(
                 f"region {region} is larger than {MAX_REGION_PIXELS} pixels; pick a smaller one"
             )
-    rgb = _to_rgb(group[paths[level]][..., y0:y1, x0:x1].reshape((-1, y1 - y0, x1 - x0)))
-    if region is None and max(rgb.shape[:2]) > max_size:
+    data = group[paths[level]][..., y0:y1, x0:x1].reshape((-1, y1 - y0, x1 - x0))
+    if region is None and max(data.shape[1:]) > max_size:
         # shrink first, then draw: contours one thumbnail pixel wide, on 10× fewer pixels
-        scale = max_size / max(rgb.shape[:2])
-        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+        data = _shrunk(data, max_size)
+    rgb = _to_rgb(data)
 
     zarr_url = image_zarr_url(results, image_id)
     names = label_names(zarr_url, storage_options)

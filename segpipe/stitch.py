@@ -250,7 +250,10 @@ def _ids_and_ranks(core: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The sorted non-zero ids of ``core`` and ``core`` under :func:`_rank` of them."""
     table = sequential_table(core)
     if table is not None:  # dense ids: a lookup table, no sort
-        return np.flatnonzero(table).astype(core.dtype), table[core]
+        ids = np.flatnonzero(table)
+        if len(ids) == len(table) - 1:  # every id 1..max present (e.g. a one-block image): identity
+            return ids.astype(core.dtype), core.astype(np.uint32, copy=False)
+        return ids.astype(core.dtype), table[core]
     window_ids = np.unique(core)
     window_ids = window_ids[window_ids != 0]
     return window_ids, _rank(core, window_ids)

@@ -102,3 +102,12 @@ def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
         assert (np.abs(rgb - colour).sum(axis=-1) < 12).sum() > 200
     grey = (np.abs(rgb - 220).sum(axis=-1) < 6).sum()  # the thumbnails' background was decoded
     assert grey > 4 * 260 * 300 * 0.8
+
+
+def test_report_pictures_drawn_on_the_cluster_are_the_same(report: Path, dask_client: Any) -> None:
+    """The flow hands the run's client over: its workers draw the pictures, same page."""
+    results = str(report.parent.parent)
+    on_threads = report.read_text(encoding="utf-8")
+    on_cluster = Path(write_report(results, "run1", client=dask_client)).read_text(encoding="utf-8")
+    assert on_cluster == on_threads
+    assert len(re.findall(r"<img[^>]* src=", on_cluster)) == 4

@@ -280,7 +280,7 @@ def read_meta(zarr_url: str, storage_options: dict[str, Any] | None = None) -> I
 
     try:
         root = zarr.open_group(
-            store=zarr_store(zarr_url, storage_options, read_only=True), mode="r"
+            store=zarr_store(zarr_url, storage_options, read_only=True), mode="r", zarr_format=3
         )
         own = dict(root.attrs["segpipe"])
         paths = [d["path"] for d in root.attrs["ome"]["multiscales"][0]["datasets"]]
@@ -313,7 +313,7 @@ def is_complete(zarr_url: str, storage_options: dict[str, Any] | None = None) ->
 
     try:
         root = zarr.open_group(
-            store=zarr_store(zarr_url, storage_options, read_only=True), mode="r"
+            store=zarr_store(zarr_url, storage_options, read_only=True), mode="r", zarr_format=3
         )
         return bool(dict(root.attrs.get("segpipe") or {}).get("complete") is True)
     except Exception:

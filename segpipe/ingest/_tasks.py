@@ -62,7 +62,7 @@ def _open_level(
     import zarr
 
     store = zarr_store(zarr_url, storage_options, read_only=mode == "r")
-    array = zarr.open_array(store=store, path=str(level), mode=mode)
+    array = zarr.open_array(store=store, path=str(level), mode=mode, zarr_format=3)
     # Blocks are written whole: skipping zarr's all-fill-value scan halves the write time
     # (a blank chunk is then stored, compressed to a few bytes, instead of omitted).
     return array if mode == "r" else array.with_config({"write_empty_chunks": True})
