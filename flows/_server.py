@@ -1,32 +1,153 @@
-"""Boot Prefect's ephemeral API server early, while the CLI does other work.
+"""Boot Prefect's temporary API server early, while the CLI does other work.
 
 Without ``PREFECT_API_URL`` the first flow call starts a temporary API server (a uvicorn
 subprocess: ~6 s on an idle machine, far more on a busy one) and waits for it. ``segpipe
 run`` calls :func:`boot_api_server` on a thread right after planning, so the server boots
-while torch is imported and the Dask cluster starts; it joins that thread before calling
-the flow, which then finds the server up (``SubprocessASGIServer`` is one per process).
+while the Dask cluster starts, and runs its flow against it (:func:`api_settings`).
+
+The server is the one Prefect's ephemeral mode starts — the same uvicorn command and
+environment as ``prefect.server.api.server.SubprocessASGIServer`` — but started here
+without importing ``prefect.server`` into the CLI's process: that import alone costs
+~2.7 s of CPU, which on a small machine the starting Dask workers would otherwise get.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
 
-__all__ = ["boot_api_server"]
+__all__ = ["TemporaryServer", "api_settings", "boot_api_server"]
+
+#: The environment Prefect gives its ephemeral server (no UI, ephemeral services).
+_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+_PORT_IN_USE = 3  # uvicorn's exit status when its port was taken meanwhile
 
 
-def boot_api_server() -> None:
-    """Start the ephemeral API server unless a real one is configured; never raises.
+class TemporaryServer:
+    """A Prefect API server in a subprocess, stopped by :meth:`stop` or at exit."""
 
-    A failure here is left for the flow call, which starts the server (and reports its
-    error) the usual way.
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url: str | None = None
+        self._lock = threading.Lock()
+
+    def start(self, timeout_s: float) -> str:
+        """Start it and wait until ``/api/health`` answers; return the API URL.
+
+        Raises
+        ------
+        RuntimeError
+            The server exited or did not answer within ``timeout_s``.
+        """
+        import httpx
+
+        spec = importlib.util.find_spec("prefect")
+        if spec is None or spec.origin is None:
+            raise RuntimeError("prefect is not installed")
+        app_dir = str(Path(spec.origin).parent.parent)
+        deadline = time.monotonic() + timeout_s
+        atexit.register(self.stop)
+        for _ in range(5):
+            port = _free_port()
+            with self._lock:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
+                     "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+                     "--log-level", "error", "--lifespan", "on"],
+                    env={**os.environ, **_SERVER_ENV},
+                )  # fmt: skip
+            url = f"http://127.0.0.1:{port}/api"
+            with httpx.Client() as client:
+                while time.monotonic() < deadline:
+                    status = self.process.poll()
+                    if status == _PORT_IN_USE:
+                        break  # another port
+                    if status is not None:
+                        raise RuntimeError(f"the temporary Prefect server exited with status {status}")
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get(f"{url}/health", timeout=2).status_code == 200:
+                            self.url = url
+                            return url
+                    time.sleep(0.1)
+                else:
+                    self.stop()
+                    raise RuntimeError(f"the temporary Prefect server did not answer within {timeout_s:.0f} s")
+        raise RuntimeError("the temporary Prefect server found no free port")
+
+    def stop(self) -> None:
+        """Flush Prefect's log and event workers to the server, then terminate it (idempotent)."""
+        with self._lock:
+            process, self.process, self.url = self.process, None, None
+        if process is None or process.poll() is not None:
+            return
+        _drain_prefect()
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _drain_prefect() -> None:
+    """Send what Prefect's background workers still hold (as Prefect does at exit)."""
+    for module, name in (("prefect.logging.handlers", "APILogWorker"), ("prefect.events.worker", "EventsWorker")):
+        loaded = sys.modules.get(module)  # never imported: nothing to send
+        if loaded is not None:
+            with contextlib.suppress(Exception):
+                getattr(loaded, name).drain_all(timeout=5)
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def boot_api_server() -> TemporaryServer | None:
+    """Start a temporary API server unless a real one is configured; never raises.
+
+    Returns
+    -------
+    TemporaryServer or None
+        The running server, or None: ``PREFECT_API_URL`` is set (environment or profile),
+        ephemeral mode is off, or the start failed — the flow call then does what Prefect
+        always does (and reports its error).
     """
     try:
-        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+        from prefect.settings import (
+            PREFECT_API_URL,
+            PREFECT_SERVER_EPHEMERAL_ENABLED,
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        )
 
         if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-            return
-        from prefect.server.api.server import SubprocessASGIServer
+            return None
+        server = TemporaryServer()
+        server.start(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+        return server
+    except Exception:  # reported by the flow call, which starts Prefect's own server
+        return None
 
-        SubprocessASGIServer().start()
-    except Exception:  # noqa: S110  (reported by the flow call)
-        pass
+
+@contextlib.contextmanager
+def api_settings(server: TemporaryServer | None) -> Iterator[None]:
+    """Prefect's client talks to ``server`` inside this block (nothing changes for None)."""
+    if server is None or server.url is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: server.url}):
+        yield

@@ -97,10 +97,10 @@ def _check_free(results: str) -> None:
         raise ResultsLockedError(info.describe(results))
 
 
-def _boot_prefect() -> None:
+def _boot_prefect(out: list[Any]) -> None:
     from flows._server import boot_api_server
 
-    boot_api_server()
+    out.append(boot_api_server())
 
 
 def _run_archive(source: str, results: str, model: str | None, config: Path | None,
@@ -128,7 +128,8 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
     _prefect_quiet(verbose)
     # Prefect's API server boots (a subprocess) while the model is checked and the Dask cluster
     # (with the model on its workers) starts; the flow waits for both only when it needs them.
-    api = threading.Thread(target=_boot_prefect, name="segpipe-prefect-api", daemon=True)
+    booted: list[Any] = []  # the temporary API server (None: a configured one, or Prefect's own)
+    api = threading.Thread(target=_boot_prefect, args=(booted,), name="segpipe-prefect-api", daemon=True)
     api.start()
     checked = False
     if plan is None:  # a weights file: check it before starting anything
@@ -148,21 +149,26 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
             tables.init_results(results)
         api.join()
         from flows import archive_run, set_reporter
+        from flows._server import api_settings
         from segpipe.cli._progress import LineReporter, RichReporter, make_reporter
 
+        server = booted[0] if booted else None
         reporter = make_reporter()
         set_reporter(reporter)
         try:
-            if isinstance(reporter, RichReporter):
-                with reporter:
+            with api_settings(server):
+                if isinstance(reporter, RichReporter):
+                    with reporter:
+                        summary = archive_run(source, results, model=model,
+                                              config=str(config) if config else None, overrides=overrides)
+                else:
+                    assert isinstance(reporter, LineReporter)
                     summary = archive_run(source, results, model=model, config=str(config) if config else None,
                                           overrides=overrides)
-            else:
-                assert isinstance(reporter, LineReporter)
-                summary = archive_run(source, results, model=model, config=str(config) if config else None,
-                                      overrides=overrides)
         finally:
             set_reporter(None)
+            if server is not None:
+                server.stop()
     return summary
 
 
