@@ -133,56 +133,139 @@ def _group_sum(values: np.ndarray, inv: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _nonzero(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.nonzero`` of a 2-D array (row-major), ~3× faster on a strided view:
-    ``flatnonzero`` of a contiguous bool copy, then rows and columns by ``divmod``."""
-    flat = np.flatnonzero(np.ascontiguousarray(a != 0))
-    return np.divmod(flat, a.shape[1])
-
-
 def _with_context(
     labels: np.ndarray, cy: tuple[int, int], cx: tuple[int, int], margin: int
 ) -> np.ndarray:
     """``labels[cy0 - margin : cy1 + margin, cx0 - margin : cx1 + margin]`` with zeros
-    outside the array, as one C-contiguous copy."""
+    outside the array, as one C-contiguous copy (uint16 when unsigned ids allow: half the
+    memory to scan)."""
     h, w = labels.shape
-    out = np.zeros((cy[1] - cy[0] + 2 * margin, cx[1] - cx[0] + 2 * margin), labels.dtype)
     y0, y1 = max(cy[0] - margin, 0), min(cy[1] + margin, h)
     x0, x1 = max(cx[0] - margin, 0), min(cx[1] + margin, w)
+    window = labels[y0:y1, x0:x1]
+    dtype = labels.dtype
+    if dtype.kind == "u" and dtype.itemsize > 2 and int(np.max(window, initial=0)) < 2**16:
+        dtype = np.dtype(np.uint16)
+    out = np.zeros((cy[1] - cy[0] + 2 * margin, cx[1] - cx[0] + 2 * margin), dtype)
     oy, ox = y0 - (cy[0] - margin), x0 - (cx[0] - margin)
-    out[oy : oy + y1 - y0, ox : ox + x1 - x0] = labels[y0:y1, x0:x1]
+    out[oy : oy + y1 - y0, ox : ox + x1 - x0] = window
     return out
 
 
-def _perimeter_pixels(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The border pixels of ``padded[2:-2, 2:-2]`` (row-major, as coordinates in that
-    centre) and their skimage 4-neighbourhood perimeter shares; every other pixel's share
-    is 0."""
-    lab = padded
-    # border pixels (a label differing from a 4-neighbour) of the centre and a 1-px ring
-    # around it; one comparison per pair of neighbours
-    across = lab[1:-1, 1:] != lab[1:-1, :-1]  # pixel vs its left neighbour
-    down = lab[1:, 1:-1] != lab[:-1, 1:-1]  # pixel vs the one above
-    border = lab[1:-1, 1:-1] != 0
-    border &= across[:, :-1] | across[:, 1:] | down[:-1] | down[1:]
-    # the neighbourhood code only at the (few) border pixels of the centre
-    ys, xs = _nonzero(border[1:-1, 1:-1])
-    # neighbours by flat index (1-D takes: ~3× faster than 2-D fancy indexing)
-    lab_flat = np.ascontiguousarray(lab).ravel()
-    border_flat = border.ravel()  # border is (H - 2, W - 2), C-contiguous
-    at_lab = (ys + 2) * lab.shape[1] + (xs + 2)
-    at_border = (ys + 1) * border.shape[1] + (xs + 1)
-    centre = lab_flat[at_lab]
-    code = np.ones(len(ys), np.uint8)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy == dx == 0:
-                continue
-            weight = 2 if dy == 0 or dx == 0 else 10
-            same = border_flat[at_border + (dy * border.shape[1] + dx)]
-            same &= lab_flat[at_lab + (dy * lab.shape[1] + dx)] == centre
-            code += np.uint8(weight) * same
-    return ys, xs, _PERIMETER_WEIGHTS[code]
+# the 8 neighbours of a pixel with their weight in skimage's perimeter code (4-neighbours 2,
+# diagonals 10; the pixel itself adds 1)
+_NEIGHBOURS = tuple(
+    (dy, dx, 2 if dy == 0 or dx == 0 else 10)
+    for dy in (-1, 0, 1)
+    for dx in (-1, 0, 1)
+    if (dy, dx) != (0, 0)
+)
+
+
+def _scan(
+    padded: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Label runs and perimeter shares of the centre ``padded[2:-2, 2:-2]`` of a
+    C-contiguous label window (overwritten: its border pixels keep their labels, the other
+    pixels become 0).
+
+    Returns ``(starts, lengths, ids, border_ids, shares)``: the flat index into ``padded``
+    of the first pixel, the length and the label of every run of one nonzero label along a
+    centre row (row-major); and the label and skimage 4-neighbourhood perimeter share of
+    every border pixel of the centre (a label differing from a 4-neighbour, row-major);
+    every other pixel's share is 0. Only the border pixels are visited pixel by pixel: a
+    run starts and ends at one (or at the centre's edge).
+    """
+    hp, wp = padded.shape
+    flat = padded.ravel()
+    size, inner = flat.size, flat.size - 2 * wp
+    # border pixels of rows 1 .. hp - 2 (index j = i - wp; exact on columns 1 .. wp - 2, the
+    # centre and its 1-px ring): nonzero, and a 4-neighbour differs
+    centre = flat[wp : wp + inner]
+    scratch = np.empty(size, bool)
+    right = scratch[:-1]  # right[i]: pixel i differs from pixel i + 1
+    np.not_equal(flat[1:], flat[:-1], out=right)
+    border = right[wp - 1 : wp - 1 + inner] | right[wp : wp + inner]
+    scratch = scratch[:inner]
+    border |= np.not_equal(centre, flat[:inner], out=scratch)  # the pixel above differs
+    border |= np.not_equal(centre, flat[2 * wp :], out=scratch)  # the pixel below differs
+    border &= np.not_equal(centre, 0, out=scratch)
+    del scratch, right
+    # the border pixels of the centre, row-major (the 1-px ring is kept as context)
+    grid = border.reshape(hp - 2, wp)
+    ring = grid[[0, -1]], grid[:, 1].copy(), grid[:, -2].copy()
+    grid[[0, -1]] = False
+    grid[:, :2] = False
+    grid[:, -2:] = False
+    at = np.flatnonzero(border)
+    grid[[0, -1]], grid[:, 1], grid[:, -2] = ring
+    at += wp  # index into padded
+    label = flat[at]
+    # runs of one label along a centre row: they start at a border pixel whose left
+    # neighbour differs, or at the centre's first column, and end likewise on the right
+    starts = at[flat[at - 1] != label]
+    ends = at[flat[at + 1] != label]
+    rows = padded[2:-2]
+    first = np.flatnonzero((rows[:, 2] != 0) & (rows[:, 1] == rows[:, 2])) * wp + 2 * wp + 2
+    last = np.flatnonzero((rows[:, -3] != 0) & (rows[:, -2] == rows[:, -3])) * wp + 3 * wp - 3
+    if first.size:
+        starts = np.sort(np.concatenate([starts, first]))
+    if last.size:
+        ends = np.sort(np.concatenate([ends, last]))
+    ids = flat[starts]
+    # labels of border pixels, 0 elsewhere (in place): a neighbour counts when it is a
+    # border pixel of the same label
+    border_labels = centre
+    border_labels *= border
+    base = at - (2 * wp + 1)  # index into border_labels of the upper-left neighbour
+    edge = np.zeros(at.size, np.uint8)
+    corner = np.zeros(at.size, np.uint8)
+    for dy, dx, weight in _NEIGHBOURS:
+        same = border_labels[(1 + dy) * wp + 1 + dx :].take(base) == label
+        np.add(edge if weight == 2 else corner, same, out=edge if weight == 2 else corner)
+    code = edge * np.uint8(2)
+    code += corner * np.uint8(10)
+    code += np.uint8(1)
+    return starts, ends - starts + 1, ids, label, _PERIMETER_WEIGHTS[code]
+
+
+def _index(ids: np.ndarray, more: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted distinct ``ids`` and the index among them of each of ``ids`` and of ``more``
+    (ids too): a lookup table when the ids span a small range, else a binary search."""
+    lo, hi = int(ids.min()), int(ids.max())
+    if hi - lo <= max(4 * ids.size, 2**16):
+        present = np.zeros(hi - lo + 1, bool)
+        present[ids - lo] = True
+        table = np.cumsum(present, dtype=np.intp) - 1
+        uniq = np.flatnonzero(present) + lo
+        return uniq.astype(ids.dtype), table[ids - lo], table[more - lo]
+    uniq = np.unique(ids)
+    return uniq, np.searchsorted(uniq, ids), np.searchsorted(uniq, more)
+
+
+def _sum_min_max(
+    values: np.ndarray, inv: np.ndarray, run_inv: np.ndarray, offsets: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group: the float64 sum (in row-major order), minimum and maximum of the pixel
+    ``values`` (row-major, runs of one group at ``offsets``; ``inv`` and ``run_inv`` the
+    group of each pixel and run)."""
+    if values.dtype.kind in "ub" and values.dtype.itemsize == 1 and 64 * n <= values.size:
+        # a histogram per group: float64 sums of small integers are exact in any order
+        hist = np.bincount(inv * 256 + values, minlength=256 * n).reshape(n, 256)
+        seen = hist != 0
+        low = np.argmax(seen, axis=1)
+        high = 255 - np.argmax(seen[:, ::-1], axis=1)
+        return hist @ np.arange(256.0), low.astype(np.float64), high.astype(np.float64)
+    v = values.astype(np.float64)
+    if values.dtype.kind in "uib" and values.dtype.itemsize <= 2:
+        # exact sums of integers below 2**16 (up to 2**37 pixels): by run
+        total = np.bincount(run_inv, weights=np.add.reduceat(v, offsets), minlength=n)
+    else:
+        total = np.bincount(inv, weights=v, minlength=n)
+    low, high = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(low, run_inv, np.minimum.reduceat(v, offsets))
+    np.maximum.at(high, run_inv, np.maximum.reduceat(v, offsets))
+    return total, low, high
 
 
 def partial_stats(
@@ -194,6 +277,10 @@ def partial_stats(
     core: tuple[slice, slice] | None = None,
 ) -> Partial:
     """Mergeable statistics of the labels of one block.
+
+    Sums run over each label's pixels in row-major order (so that any two ways of
+    measuring the same pixels give the same floats); the pixels are visited as runs of one
+    label along a row, and coordinate sums, bounding boxes and extrema are taken per run.
 
     Parameters
     ----------
@@ -228,61 +315,104 @@ def partial_stats(
     if core is None:
         core = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
     cy, cx = (s.indices(n)[:2] for s, n in zip(core, labels.shape, strict=True))
-    lab_core = labels[core]
-    rows, cols = _nonzero(lab_core)
     n_classes = 0 if classes is None else int(np.max(classes, initial=0)) + 1
-    if rows.size == 0:
+    h, w = cy[1] - cy[0], cx[1] - cx[0]
+    if h <= 0 or w <= 0:
         return Partial.empty(image.shape[0], n_classes)
-    values = lab_core[rows, cols]
-    # stable: raster order within each label. Ids < 2**16 sort as uint16 (numpy's radix
-    # sort, ~3× faster; the same order)
-    small_ids = values.dtype.itemsize > 2 and int(values.min()) >= 0 and int(values.max()) < 2**16
-    order = np.argsort(values.astype(np.uint16) if small_ids else values, kind="stable")
-    rows, cols, values = rows[order], cols[order], values[order]
-    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])  # np.unique of sorted ids
-    uniq = values[starts]
-    count = np.diff(np.r_[starts, values.size])
-    n = len(uniq)
-    inv = np.repeat(np.arange(n), count)
-    fr, fc = rows.astype(np.float64), cols.astype(np.float64)
-    my = np.bincount(inv, weights=fr, minlength=n) / count
-    mx = np.bincount(inv, weights=fc, minlength=n) / count
-    dy, dx = fr - my[inv], fc - mx[inv]
+    # the core and 2 px of context around it (perimeter shares need the 5×5 neighbourhood)
+    padded = _with_context(labels.view(np.uint8) if labels.dtype == bool else labels, cy, cx, 2)
+    starts, lengths, ids, border_ids, shares = _scan(padded)
+    del padded
+    if starts.size == 0:
+        return Partial.empty(image.shape[0], n_classes)
+    uniq, run_inv, border_inv = _index(ids, border_ids)
+    n, wp = len(uniq), w + 4
+    row = starts // wp - 2  # core coordinates of each run's first pixel
+    col = starts - (row + 2) * wp - 2
+    # sums of integer coordinates are exact in float64, whatever their order: by run
+    count = np.bincount(run_inv, weights=lengths, minlength=n)
+    my = np.bincount(run_inv, weights=row * lengths, minlength=n) / count
+    sum_x = col * lengths + lengths * (lengths - 1) // 2  # x0 + (x0 + 1) + … along a run
+    mx = np.bincount(run_inv, weights=sum_x, minlength=n) / count
     oy, ox = origin[0] + cy[0], origin[1] + cx[0]
-    pix = image[:, core[0], core[1]][:, rows, cols].T.astype(np.float64)  # (N, C)
-    mean_v = _group_sum(pix, inv, n) / count[:, None]
-    dv = pix - mean_v[inv]
-    # shares of the core's border pixels only (the core and 2 px of context around it);
-    # summed in raster order within each label, as the other columns: the same sums
-    by, bx, shares = _perimeter_pixels(_with_context(labels, cy, cx, 2))
-    border_inv = np.searchsorted(uniq, lab_core[by, bx])
+    bbox = np.empty((n, 4), np.int64)
+    bbox[:, :2] = np.iinfo(np.int64).max
+    bbox[:, 2:] = np.iinfo(np.int64).min
+    np.minimum.at(bbox[:, 0], run_inv, row)
+    np.minimum.at(bbox[:, 1], run_inv, col)
+    np.maximum.at(bbox[:, 2], run_inv, row)
+    np.maximum.at(bbox[:, 3], run_inv, col + lengths - 1)
+    bbox += np.array([oy, ox, oy + 1, ox + 1], np.int64)
+    # per pixel, row-major (a run's pixels are consecutive), as the centred sums need; at
+    # most three pixel-sized arrays at a time (fresh memory costs a page fault per 4 KiB,
+    # as much as the arithmetic)
+    offsets = np.cumsum(lengths) - lengths
+    inv = np.repeat(run_inv, lengths)
+
+    def group_sum(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(inv, weights=weights, minlength=n)
+
+    def along(first: np.ndarray) -> np.ndarray:
+        """``first[k] + i`` at the i-th pixel of run k."""
+        step = np.ones(inv.size, np.intp)
+        step[offsets[1:]] = first[1:] - (first[:-1] + lengths[:-1] - 1)
+        step[0] = first[0]
+        return np.cumsum(step, out=step)
+
+    dy = row - my[run_inv]  # constant along a run
+    m2_yy = group_sum(np.repeat(dy * dy, lengths))
+    dx = along(col).astype(np.float64)
+    dx -= mx.take(inv)
+    m2_xx = group_sum(dx * dx)
+    dxy = np.repeat(dy, lengths)
+    dxy *= dx
+    m2_xy = group_sum(dxy)
+    del dx, dxy
+    # intensities (and classes) of every pixel, by flat index into the core
+    pixel = along(row * w + col)
+
+    def core_flat(a2d: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a2d[cy[0] : cy[1], cx[0] : cx[1]]).reshape(h * w)
+
     if classes is None:
         class_counts = np.zeros((n, 0), np.int64)
     else:
-        cls = np.asarray(classes)[core][rows, cols].astype(np.int64)
-        class_counts = np.bincount(inv * n_classes + cls, minlength=n * n_classes)
+        key = inv * n_classes
+        np.add(key, core_flat(np.asarray(classes)).take(pixel), out=key, casting="unsafe")
+        class_counts = np.bincount(key, minlength=n * n_classes)
         class_counts = class_counts.reshape(n, n_classes).astype(np.int64)
+        del key
+    channels = [core_flat(plane).take(pixel) for plane in image]
+    del pixel
+    n_channels = len(channels)
+    mean_v = np.empty((n, n_channels), np.float64)
+    m2_v = np.empty((n, n_channels), np.float64)
+    min_v = np.empty((n, n_channels), np.float64)
+    max_v = np.empty((n, n_channels), np.float64)
+    for c in range(n_channels):
+        raw, channels[c] = channels[c], None
+        mean_v[:, c], min_v[:, c], max_v[:, c] = _sum_min_max(raw, inv, run_inv, offsets, n)
+        mean_v[:, c] /= count
+        dv = mean_v[:, c].take(inv)
+        np.subtract(raw, dv, out=dv)
+        del raw
+        dv *= dv
+        m2_v[:, c] = group_sum(dv)
+        del dv
     return Partial(
         label=uniq.astype(np.uint32),
         count=count.astype(np.int64),
         mean_y=my + oy,
         mean_x=mx + ox,
-        m2_yy=np.bincount(inv, weights=dy * dy, minlength=n),
-        m2_xx=np.bincount(inv, weights=dx * dx, minlength=n),
-        m2_xy=np.bincount(inv, weights=dy * dx, minlength=n),
-        bbox=np.stack(
-            [
-                np.minimum.reduceat(rows, starts) + oy,
-                np.minimum.reduceat(cols, starts) + ox,
-                np.maximum.reduceat(rows, starts) + oy + 1,
-                np.maximum.reduceat(cols, starts) + ox + 1,
-            ],
-            axis=1,
-        ).astype(np.int64),
+        m2_yy=m2_yy,
+        m2_xx=m2_xx,
+        m2_xy=m2_xy,
+        bbox=bbox,
         mean_v=mean_v,
-        m2_v=_group_sum(dv * dv, inv, n),
-        min_v=np.minimum.reduceat(pix, starts, axis=0),
-        max_v=np.maximum.reduceat(pix, starts, axis=0),
+        m2_v=m2_v,
+        min_v=min_v,
+        max_v=max_v,
+        # the core's border pixels only, summed in row-major order as the other columns
         perimeter=np.bincount(border_inv, weights=shares, minlength=n),
         class_counts=class_counts,
     )

@@ -230,13 +230,17 @@ def cover_cells(
     # cell edges in window coordinates (first and last cells clipped to the window)
     ey = np.unique(np.clip(np.arange(oy // cell * cell, oy + ny + cell, cell) - oy, 0, ny))
     ex = np.unique(np.clip(np.arange(ox // cell * cell, ox + nx + cell, cell) - ox, 0, nx))
-    active = np.add.reduceat(np.add.reduceat(m, ey[:-1], axis=0), ex[:-1], axis=1) > 0
-    counts = np.pad(active.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    rows = np.logical_or.reduceat(m, ey[:-1], axis=0)
+    active = np.logical_or.reduceat(rows, ex[:-1], axis=1)
+    # plain Python ints from here on: the programme visits each sub-grid many times
+    counts = np.pad(active.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0))).tolist()
+    edge_y, edge_x = ey.tolist(), ex.tolist()
     extra = cell * cell if overhead is None else int(overhead)
 
     def count(r0: int, r1: int, c0: int, c1: int) -> int:
-        return int(counts[r1, c1] - counts[r0, c1] - counts[r1, c0] + counts[r0, c0])
+        return counts[r1][c1] - counts[r0][c1] - counts[r1][c0] + counts[r0][c0]
 
+    @cache
     def trim(r0: int, r1: int, c0: int, c1: int) -> tuple[int, int, int, int] | None:
         if count(r0, r1, c0, c1) == 0:
             return None
@@ -251,8 +255,8 @@ def cover_cells(
         return r0, r1, c0, c1
 
     def area(r0: int, r1: int, c0: int, c1: int) -> int:
-        h = min(int(ey[r1]) + context, ny) - max(int(ey[r0]) - context, 0)
-        w = min(int(ex[c1]) + context, nx) - max(int(ex[c0]) - context, 0)
+        h = min(edge_y[r1] + context, ny) - max(edge_y[r0] - context, 0)
+        w = min(edge_x[c1] + context, nx) - max(edge_x[c0] - context, 0)
         return h * w + extra
 
     @cache
@@ -271,4 +275,4 @@ def cover_cells(
     start = trim(0, active.shape[0], 0, active.shape[1])
     assert start is not None
     _, parts = best(*start)
-    return sorted((int(ey[r0]), int(ex[c0]), int(ey[r1]), int(ex[c1])) for r0, r1, c0, c1 in parts)
+    return sorted((edge_y[r0], edge_x[c0], edge_y[r1], edge_x[c1]) for r0, r1, c0, c1 in parts)

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import morphology
 from skimage.color import rgb2hsv
-from skimage.filters import threshold_otsu
 
 from segpipe.errors import ConfigError
 
@@ -73,26 +71,55 @@ def otsu_separation(values: np.ndarray) -> tuple[float, float]:
     >>> round(otsu_separation(two)[1], 2) > 0.9
     True
     """
+    threshold, separation, _, _ = _otsu_split(values)
+    return threshold, separation
+
+
+def _otsu_split(values: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """:func:`otsu_separation` and the two classes: the values ≤ / > the threshold, in
+    order (with the mean as threshold when the values are constant)."""
     v = np.asarray(values, np.float64).ravel()
     total = float(v.var())
     if v.size < 2 or total <= 1e-12:
-        return float(v.mean()) if v.size else 0.0, 0.0
-    t = float(threshold_otsu(v))
-    low, high = v[v <= t], v[v > t]
+        t = float(v.mean()) if v.size else 0.0
+        return t, 0.0, v[v <= t], v[v > t]
+    t = float(_threshold_otsu(v))
+    below = v <= t
+    low = v[below]
+    high = v[np.logical_not(below, out=below)]  # no NaN here: the histogram would have raised
     if low.size == 0 or high.size == 0:
-        return t, 0.0
+        return t, 0.0, low, high
     w0, w1 = low.size / v.size, high.size / v.size
     between = w0 * w1 * (float(low.mean()) - float(high.mean())) ** 2
-    return t, float(between / total)
+    return t, float(between / total), low, high
 
 
-def _tight_ratio(values: np.ndarray, threshold: float) -> float:
+def _threshold_otsu(v: np.ndarray, nbins: int = 256) -> np.floating:
+    """``skimage.filters.threshold_otsu`` of a 1-D float64 array that is not constant: the
+    same arithmetic, without its input checks and copies.
+
+    >>> from skimage.filters import threshold_otsu
+    >>> v = np.random.default_rng(1).random(1000) ** 3
+    >>> bool(_threshold_otsu(v) == threshold_otsu(v))
+    True
+    """
+    counts, edges = np.histogram(v, bins=nbins)
+    counts = counts.astype(np.float32)
+    centers = (edges[:-1] + edges[1:]) / 2.0
+    weight1 = np.cumsum(counts)
+    weight2 = np.cumsum(counts[::-1])[::-1]
+    mean1 = np.cumsum(counts * centers) / weight1
+    mean2 = (np.cumsum((counts * centers)[::-1]) / weight2[::-1])[::-1]
+    variance12 = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
+    return centers[np.argmax(variance12)]
+
+
+def _tight_ratio(low: np.ndarray, high: np.ndarray) -> float:
     """Gap between the two class means over the spread of the tighter class.
 
     Glass is a tight class next to a broad tissue class: Otsu's effectiveness can stay
     modest (the tissue class is wide) while the gap is many glass standard deviations.
     """
-    low, high = values[values <= threshold], values[values > threshold]
     if low.size < 2 or high.size < 2:
         return 0.0
     spread = min(float(low.std()), float(high.std()))
@@ -100,21 +127,60 @@ def _tight_ratio(values: np.ndarray, threshold: float) -> float:
 
 
 def _remove_small_objects(mask: np.ndarray, size: int) -> np.ndarray:
-    try:  # scikit-image >= 0.26
-        return morphology.remove_small_objects(mask, max_size=size)
-    except TypeError:  # pragma: no cover - older scikit-image
-        return morphology.remove_small_objects(mask, min_size=size + 1)
+    """``skimage.morphology.remove_small_objects(mask, max_size=size)`` (4-connected
+    components of at most ``size`` pixels dropped), by one ``ndi.label`` and a bincount."""
+    if size <= 0:
+        return mask.copy()
+    parts, n = ndi.label(mask, output=np.intp)
+    if n == 1:  # one component (often the background of a tissue mask): no bincount
+        return mask.copy() if np.count_nonzero(mask) > size else np.zeros_like(mask)
+    small = np.bincount(parts.ravel(), minlength=n + 1) <= size
+    small[0] = False
+    if not small.any():
+        return mask.copy()
+    return mask & ~small[parts]
 
 
 def _remove_small_holes(mask: np.ndarray, size: int) -> np.ndarray:
-    try:
-        return morphology.remove_small_holes(mask, max_size=size)
-    except TypeError:  # pragma: no cover
-        return morphology.remove_small_holes(mask, area_threshold=size + 1)
+    """``skimage.morphology.remove_small_holes(mask, max_size=size)``: 4-connected
+    background components of at most ``size`` pixels (at the border too) filled."""
+    return ~_remove_small_objects(~mask, size)
 
 
-def _score(thumb: np.ndarray, modality: str) -> np.ndarray:
-    """Per-pixel foreground score (higher = more likely foreground, except grey)."""
+def _percentiles(
+    channel: np.ndarray, levels: np.ndarray | None, divisor: int
+) -> tuple[float, float]:
+    """``np.percentile(channel, (0.5, 99.5))``; with ``levels`` (unsigned integers such
+    that ``channel == levels.astype(float32) / divisor``, divisor 1: no division) by a
+    counting sort instead of a partition: the two order statistics around each percentile,
+    interpolated by ``np.quantile`` itself (``np.quantile([a, b], g)`` is numpy's
+    interpolation between ``a`` and ``b`` with weight ``g``)."""
+    n = channel.size
+    if levels is None or n < 3:
+        lo, hi = np.percentile(channel, (0.5, 99.5))
+        return lo, hi
+    counts = np.bincount(levels.ravel())
+    values = np.arange(counts.size).astype(np.float32)
+    if divisor != 1:
+        values = values / divisor
+    ends = np.cumsum(counts)  # sorted positions [ends[k - 1], ends[k]) hold values[k]
+    virtual = (n - 1) * np.true_divide(np.array([0.5, 99.5]), 100)
+    below = np.floor(virtual)
+    gamma = virtual - below
+    at = np.searchsorted(ends, np.stack([below, below + 1]).astype(np.intp), side="right")
+    lo, hi = (
+        np.quantile(np.array([values[at[0, i]], values[at[1, i]]], np.float32), gamma[i])
+        for i in range(2)
+    )
+    return lo, hi
+
+
+def _score(
+    thumb: np.ndarray, modality: str, levels: np.ndarray | None = None, divisor: int = 1
+) -> np.ndarray:
+    """Per-pixel foreground score (higher = more likely foreground, except grey).
+    ``levels``: unsigned integers with ``thumb == levels.astype(float32) / divisor``
+    (a quicker percentile)."""
     img = np.asarray(thumb, np.float32)
     if modality == "brightfield":
         if img.shape[0] >= 3:
@@ -126,8 +192,8 @@ def _score(thumb: np.ndarray, modality: str) -> np.ndarray:
         return ndi.gaussian_filter(score, 1.0)
     # fluorescence / grey: per-channel robust scaling, max over channels
     chans = []
-    for c in img:
-        lo, hi = np.percentile(c, (0.5, 99.5))
+    for i, c in enumerate(img):
+        lo, hi = _percentiles(c, None if levels is None else levels[i], divisor)
         chans.append((c - lo) / max(float(hi - lo), 1e-6))
     score = chans[0] if len(chans) == 1 else np.max(chans, axis=0)
     sigma = 2.0 if modality == "fluorescence" else 1.0
@@ -198,34 +264,60 @@ def _work_mask(
     # depend on which pyramid level the caller passes, and dense nuclei blend into tissue.
     y, x = thumb.shape[1:]
     f = max(1, -(-max(y, x) // WORK_SIZE))
+    # 8/16-bit unsigned levels (pixels, or exact block sums): quicker percentiles
+    counted = thumb.dtype.kind == "u" and thumb.dtype.itemsize <= 2
+    levels = thumb if counted else None
     if f > 1:
-        thumb = _block_mean(thumb, f)
-    return _mask(thumb, mode, min_separation, min_object_fraction, max_hole_fraction), f
+        sums = _block_sum(thumb, f)
+        thumb = _block_mean(thumb, f, sums)
+        levels = sums if counted else None
+    mask = _mask(thumb, mode, min_separation, min_object_fraction, max_hole_fraction, levels, f * f)
+    return mask, f
 
 
-def _block_mean(thumb: np.ndarray, f: int) -> np.ndarray:
+def _block_sum(thumb: np.ndarray, f: int) -> np.ndarray | None:
+    """Exact ``f×f`` block sums of an 8/16-bit ``(C, y, x)`` thumbnail (edge-padded to a
+    multiple of ``f``) as intp (unsigned input) / int32, rows first; None for other dtypes
+    or when the float32 sums would not be exact."""
+    if not (thumb.dtype.kind in "ui" and thumb.dtype.itemsize <= 2 and f * f * 65536 <= 2**24):
+        return None
+    y, x = thumb.shape[1:]
+    small = np.asarray(thumb)
+    if y % f or x % f:
+        small = np.pad(small, ((0, 0), (0, -y % f), (0, -x % f)), mode="edge")
+    signed = small.dtype.kind == "i"
+    if small.dtype.itemsize == 1 and f <= 128:  # row sums of f bytes fit 16 bits
+        rows = small[:, 0::f].astype(np.int16 if signed else np.uint16)
+    else:
+        rows = small[:, 0::f].astype(np.int32 if signed else np.uint32)
+    for dy in range(1, f):
+        rows += small[:, dy::f]
+    c, h, px = rows.shape
+    rows = rows.reshape(c, h, px // f, f)
+    total = rows[..., 0].astype(np.int32 if signed else np.intp)  # intp: counted as is
+    for dx in range(1, f):
+        total += rows[..., dx]
+    return total
+
+
+def _block_mean(thumb: np.ndarray, f: int, sums: np.ndarray | None = None) -> np.ndarray:
     """``f×f`` block means of a ``(C, y, x)`` thumbnail as float32 (edge-padded to a multiple of ``f``).
 
-    8/16-bit integers are summed exactly in integers (the float32 sums of the same values
-    are exact too, so the result is the same to the bit, ~5× faster); anything else is
-    summed in float32, rows first, then columns.
+    8/16-bit integers are summed exactly in integers (:func:`_block_sum`, or ``sums`` when
+    given; the float32 sums of the same values are exact too, so the result is the same to
+    the bit, ~5× faster); anything else is summed in float32, rows first, then columns.
 
     >>> _block_mean(np.arange(8, dtype=np.uint8).reshape(1, 2, 4), 2).tolist()
     [[[2.5, 4.5]]]
     """
+    total = _block_sum(thumb, f) if sums is None else sums
+    if total is not None:
+        return total.astype(np.float32) / (f * f)
     y, x = thumb.shape[1:]
-    exact = thumb.dtype.kind in "ui" and thumb.dtype.itemsize <= 2 and f * f * 65536 <= 2**24
-    small = np.asarray(thumb) if exact else np.asarray(thumb, np.float32)
+    small = np.asarray(thumb, np.float32)
     if y % f or x % f:
         small = np.pad(small, ((0, 0), (0, -y % f), (0, -x % f)), mode="edge")
     c, py, px = small.shape
-    if exact:
-        acc = np.int32 if small.dtype.kind == "i" else np.uint32
-        total = np.zeros((c, py // f, px // f), acc)
-        for dy in range(f):
-            for dx in range(f):
-                total += small[:, dy::f, dx::f]
-        return total.astype(np.float32) / (f * f)
     small = small.reshape(c, py // f, f, px).sum(axis=2)  # rows first, then columns
     return small.reshape(c, py // f, px // f, f).sum(axis=3) / (f * f)
 
@@ -236,17 +328,20 @@ def _mask(
     min_separation: float,
     min_object_fraction: float,
     max_hole_fraction: float,
+    levels: np.ndarray | None = None,
+    divisor: int = 1,
 ) -> np.ndarray:
-    score = _score(thumb, mode)
-    threshold, separation = otsu_separation(score)
+    score = _score(thumb, mode, levels, divisor)
+    threshold, separation, low, high = _otsu_split(score)
     if separation < min_separation and (
-        mode == "grey" or _tight_ratio(score, threshold) < MIN_TIGHT_RATIO
+        mode == "grey" or _tight_ratio(low, high) < MIN_TIGHT_RATIO
     ):
         return np.ones(score.shape, bool)
     # Lean towards foreground: halfway between the background class mean and the Otsu
     # threshold, so thumbnail pixels only partly covered by tissue are kept.
-    low_mean = float(score[score <= threshold].mean())
-    high_mean = float(score[score > threshold].mean())
+    low_mean = float(low.mean())
+    high_mean = float(high.mean())
+    del low, high
     border = np.concatenate([score[0], score[-1], score[:, 0], score[:, -1]])
     bright_background = mode == "grey" and float(np.median(border)) > threshold
     if bright_background:  # grey: the background is the bright side
@@ -264,52 +359,49 @@ def _mask(
     return mask
 
 
-def _shifted(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``mask[y + dy, x + dx]`` (False outside the array)."""
-    out = np.zeros_like(mask)
-    h, w = mask.shape
-    out[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)] = mask[
-        max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)
-    ]
-    return out
-
-
-_CROSS_ARMS = ((-1, 0), (1, 0), (0, -1), (0, 1))
-
-
 def _close_disk2(mask: np.ndarray) -> np.ndarray:
-    """``ndi.binary_closing(mask, morphology.disk(2), border_value=0)`` by shifted copies.
+    """``ndi.binary_closing(mask, morphology.disk(2), border_value=0)`` by shifted slices.
 
     ``disk(2)`` is the 4-neighbour cross dilated by itself, so each step is two cross
     steps; with the outside counted as background in both steps this gives the same mask
     as scipy, ~20× faster on a 512² working mask (``tests/test_tissue.py`` compares them).
     """
     out = np.asarray(mask, bool)
-    for op in (np.logical_or, np.logical_and):
+    for grow in (True, False):
         for _ in range(2):
-            step = out.copy()
-            for dy, dx in _CROSS_ARMS:
-                op(step, _shifted(out, dy, dx), out=step)
-            out = step
+            out = _cross_step(out, grow)
     return out
 
 
-def _dilate3x3(mask: np.ndarray) -> np.ndarray:
-    """``ndi.binary_dilation(mask, np.ones((3, 3), bool))`` as two separable shifted ORs."""
-    out = np.asarray(mask, bool)
-    for before, after in (((-1, 0), (1, 0)), ((0, -1), (0, 1))):  # rows, then columns
-        out = out | _shifted(out, *before) | _shifted(out, *after)
-    return out
+def _cross_step(mask: np.ndarray, grow: bool) -> np.ndarray:
+    """One dilation (``grow``) or erosion of ``mask`` by the 4-neighbour cross, with the
+    outside of the array counted as background."""
+    step = mask.copy()
+    op = np.logical_or if grow else np.logical_and
+    for here, there in (
+        (np.s_[1:], np.s_[:-1]),  # the pixel above
+        (np.s_[:-1], np.s_[1:]),  # below
+        (np.s_[:, 1:], np.s_[:, :-1]),  # left
+        (np.s_[:, :-1], np.s_[:, 1:]),  # right
+    ):
+        op(step[here], mask[there], out=step[here])
+    if not grow:  # a neighbour outside the array is background
+        step[[0, -1]] = False
+        step[:, [0, -1]] = False
+    return step
 
 
-def _integral(mask: np.ndarray) -> np.ndarray:
-    """Summed-area table of the mask grown by one pixel (``(y + 1, x + 1)``, zero first row)."""
-    grown = _dilate3x3(mask)
-    dtype = np.int32 if grown.size < 2**31 else np.int64
-    out = np.zeros((grown.shape[0] + 1, grown.shape[1] + 1), dtype)
-    np.cumsum(grown, axis=0, dtype=dtype, out=out[1:, 1:])
-    np.cumsum(out[1:, 1:], axis=1, out=out[1:, 1:])
-    return out
+def _any_in_rows(mask: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``(len(lo), x)`` bool: any foreground in rows ``[lo[k], hi[k])`` of each column, from
+    one OR over the strips between all the range ends."""
+    cuts = np.unique(np.concatenate([lo, hi]))
+    cuts = cuts[cuts < mask.shape[0]]
+    if cuts.size == 0:
+        return np.zeros((len(lo), mask.shape[1]), bool)
+    strips = np.logical_or.reduceat(mask, cuts, axis=0)  # rows [cuts[k], cuts[k + 1])
+    seen = np.zeros((len(cuts) + 1, mask.shape[1]), np.int32 if len(cuts) < 2**31 else np.int64)
+    np.cumsum(strips, axis=0, dtype=seen.dtype, out=seen[1:])
+    return seen[np.searchsorted(cuts, hi)] > seen[np.searchsorted(cuts, lo)]
 
 
 def _touching(
@@ -317,7 +409,6 @@ def _touching(
     shape: tuple[int, int],
     size: int,
     margin: int,
-    integral: np.ndarray | None = None,
     mask_px: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """``(ceil(Y/size), ceil(X/size))`` bool: squares of a level-0 grid within ``margin`` px
@@ -331,8 +422,6 @@ def _touching(
         )
     Y, X = (int(v) for v in shape)
     my, mx = mask.shape
-    if integral is None:
-        integral = _integral(mask)
     py, px = mask_px or (Y / my, X / mx)  # level-0 px per mask px
 
     def ranges(n: int, m: int, s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -340,17 +429,16 @@ def _touching(
         end = np.minimum(start + size, n)
         lo = np.floor(np.maximum(start - margin, 0) / s).astype(np.int64)
         hi = np.minimum(np.ceil(np.minimum(end + margin, n) / s).astype(np.int64), m)
-        return lo, hi
+        # the mask grown by one pixel meets a range iff the mask meets it one pixel wider
+        wide = lo < hi
+        return np.where(wide, np.maximum(lo - 1, 0), lo), np.where(wide, np.minimum(hi + 1, m), lo)
 
     i0, i1 = ranges(Y, my, py)
     j0, j1 = ranges(X, mx, px)
-    total = (
-        integral[i1[:, None], j1[None, :]]
-        - integral[i0[:, None], j1[None, :]]
-        - integral[i1[:, None], j0[None, :]]
-        + integral[i0[:, None], j0[None, :]]
-    )
-    return total > 0
+    band = _any_in_rows(mask, i0, i1)  # per grid row and mask column
+    seen = np.zeros((band.shape[0], mx + 1), np.int64)
+    np.cumsum(band, axis=1, out=seen[:, 1:])
+    return seen[:, j1] > seen[:, j0]
 
 
 def _indices(hits: np.ndarray) -> list[tuple[int, int]]:
@@ -433,7 +521,7 @@ def tissue_cells(
 def select_blocks_and_cells(
     mask: np.ndarray, shape: tuple[int, int], block: int, cell: int, margin: int = 0
 ) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """:func:`select_blocks` and :func:`tissue_cells` of one mask, growing it only once.
+    """:func:`select_blocks` and :func:`tissue_cells` of one mask.
 
     Examples
     --------
@@ -442,9 +530,7 @@ def select_blocks_and_cells(
     >>> blocks, int(cells.sum())
     ([(0, 0)], 4)
     """
-    integral = _integral(np.asarray(mask, bool)) if np.ndim(mask) == 2 else None
-    blocks = _indices(_touching(mask, shape, block, margin, integral))
-    return blocks, _touching(mask, shape, cell, margin, integral)
+    return _indices(_touching(mask, shape, block, margin)), _touching(mask, shape, cell, margin)
 
 
 def select_from_thumb(
@@ -469,13 +555,17 @@ def select_from_thumb(
     y, x = thumb.shape[-2:]
     Y, X = (int(v) for v in shape)
     mask_px = (f * Y / y, f * X / x)
-    integral = _integral(mask)
-    blocks = _indices(_touching(mask, shape, block, margin, integral, mask_px))
-    cells = _touching(mask, shape, cell, margin, integral, mask_px)
+    blocks = _indices(_touching(mask, shape, block, margin, mask_px))
+    cells = _touching(mask, shape, cell, margin, mask_px)
     # the thumbnail pixels each mask row / column covers (the last ones may be cut)
     wy = np.minimum(f, y - f * np.arange(mask.shape[0]))
     wx = np.minimum(f, x - f * np.arange(mask.shape[1]))
-    fraction = float(wy @ mask.astype(np.float64) @ wx) / (y * x)
+    # Σ wy[i] mask[i, j] wx[j], exactly in integers: f² per pixel, less along a cut edge
+    covered = f * f * int(np.count_nonzero(mask))
+    covered -= f * int(np.count_nonzero(mask[:, -1])) * (f - int(wx[-1]))
+    covered -= f * int(np.count_nonzero(mask[-1])) * (f - int(wy[-1]))
+    covered += int(mask[-1, -1]) * (f - int(wy[-1])) * (f - int(wx[-1]))
+    fraction = covered / (y * x)
     return blocks, cells, fraction
 
 
