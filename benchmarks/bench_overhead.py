@@ -7,7 +7,9 @@ through Prefect and a Dask cluster (one worker per core). Images per second, who
 included for segpipe; the time its run summary reports (the images only: no Prefect
 server, cluster or model start) is shown separately. A third row runs segpipe's own
 per-image work (``process_image``) in a plain loop without Prefect or Dask, on the first
-``--work-images`` files: what the orchestration itself costs or gains. With ``--server``
+``--work-images`` files: what the orchestration itself costs or gains. Another row times the
+loop as the whole script a user runs (interpreter start, imports, model load, loop), so that
+both sides can also be compared command against command. With ``--server``
 (default) the command is timed once more against a Prefect API server that is already
 running (``PREFECT_API_URL``), as it is for scheduled nightly runs: the temporary server
 each bare command starts is part of its start-up.
@@ -81,6 +83,10 @@ def run(args: argparse.Namespace) -> Outcome:
         args.workdir,
         label="overhead-loop",
     )
+    script = run_child(
+        "loop_script", ["--source", archive, "--model", args.run_model, "--repeats", r],
+        args.workdir, label="overhead-loop-script",
+    )  # fmt: skip
     n_work = min(n, args.work_images)
     work = run_child(
         "work",
@@ -115,8 +121,13 @@ def run(args: argparse.Namespace) -> Outcome:
             mb(max(c.peak_rss for c in cli_runs)),
         ],
     ]
-    t_work = median(work.result["runs"]) * n / n_work  # per-image rate, scaled to n images
+    t_script = median(script.result["runs"])
     rows.insert(1, [
+        "plain loop as a whole script: python start, imports, model load, loop (1 process)",
+        t_script, n / t_script, t_loop / t_script, mb(script.peak_rss),
+    ])  # fmt: skip
+    t_work = median(work.result["runs"]) * n / n_work  # per-image rate, scaled to n images
+    rows.insert(2, [
         f"plain loop: segpipe's per-image work (process_image, 1 process; {n_work} images timed, scaled to {n})",
         t_work, n / t_work, t_loop / t_work, mb(work.peak_rss),
     ])  # fmt: skip
@@ -139,7 +150,7 @@ def run(args: argparse.Namespace) -> Outcome:
     save_json(
         args.workdir,
         "overhead",
-        {"loop": loop.result, "work": work.result, "cli": [c.result for c in cli_runs],
+        {"loop": loop.result, "loop_script": script.result, "work": work.result, "cli": [c.result for c in cli_runs],
          "cli_server": [c.result for c in served or []], "flow_s": t_flow},  # fmt: skip
     )
     ratio = t_loop / t_cli
@@ -150,6 +161,10 @@ def run(args: argparse.Namespace) -> Outcome:
     notes.append(
         f"Orchestration: segpipe run does the same per-image work {t_work / t_cli:.2f}× as fast as "
         f"the plain loop of process_image ({args.workers} workers against 1 process; start-up included)."
+    )
+    notes.append(
+        f"Both sides as whole commands (process start to exit): segpipe run {t_script / t_cli:.2f}× "
+        f"the plain loop's script ({t_script - t_loop:.1f} s of the script is start-up: imports, model load)."
     )
     if t_flow:
         notes.append(
