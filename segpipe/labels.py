@@ -121,9 +121,12 @@ def create_label_array(
     ome = {"version": NGFF_VERSION, "labels": listed}
     if _ome(labels) != ome:  # written only when it changes (not for a new group)
         labels.attrs["ome"] = ome
-    group = labels.create_group(name, overwrite=True)
-    return group.create_array(
-        "0",
+    # each node through a store rooted at it: zarr then checks one parent, not the whole chain
+    label_url = join_url(zarr_url, "labels", name)
+    zarr.create_group(store=zarr_store(label_url, storage_options), overwrite=True, zarr_format=3)
+    return zarr.create_array(
+        store=zarr_store(join_url(label_url, "0"), storage_options),
+        zarr_format=3,
         shape=tuple(int(s) for s in shape),
         chunks=tuple(int(c) for c in chunks),
         shards=None if shards is None else tuple(int(s) for s in shards),
@@ -271,8 +274,9 @@ def finalize_labels(
     shapes = _level_shapes(base.shape, n_levels)
     block = base.shards or base.chunks
     for level in range(1, len(shapes)):
-        group.create_array(
-            str(level),
+        zarr.create_array(  # through a store rooted at the level: zarr checks one parent
+            store=zarr_store(join_url(label_url, str(level)), storage_options),
+            zarr_format=3,
             shape=shapes[level],
             chunks=base.chunks,
             shards=base.shards,

@@ -278,11 +278,25 @@ def window_probabilities(
     if context is None:
         context = mask_context(card.halo, scale, multiple)
     out = _background(card, (ny, nx))
-    for y0, x0, y1, x1 in cover_cells(mask, (oy, ox), cell, context):
-        if (y0, x0, y1, x1) == (0, 0, ny, nx):
-            return predict(x, (oy, ox))
-        sy0, sx0 = max(y0 - context, 0), max(x0 - context, 0)
-        sy1, sx1 = min(y1 + context, ny), min(x1 + context, nx)
+    rects = cover_cells(mask, (oy, ox), cell, context)
+    if (0, 0, ny, nx) in rects:
+        return predict(x, (oy, ox))
+    spans = [(max(y0 - context, 0), max(x0 - context, 0), min(y1 + context, ny), min(x1 + context, nx))
+             for y0, x0, y1, x1 in rects]  # fmt: skip
+    whole = None
+    if grid == "global" and abs(scale - 1.0) < 1e-6:
+        # the rectangles' passes cost global tiles, not pixels: when they need as many tiles
+        # as the window, predict the window once (the same values: the grid is global)
+        def tiles(y0: int, x0: int, y1: int, x1: int) -> int:
+            rows = _tile_range(oy + y0, y1 - y0, card.stride)
+            return len(rows) * len(_tile_range(ox + x0, x1 - x0, card.stride))
+
+        if sum(tiles(*s) for s in spans) >= tiles(0, 0, ny, nx):
+            whole = predict(x, (oy, ox))
+    for (y0, x0, y1, x1), (sy0, sx0, sy1, sx1) in zip(rects, spans, strict=True):
+        if whole is not None:
+            out[:, y0:y1, x0:x1] = whole[:, y0:y1, x0:x1]
+            continue
         probs = predict(x[:, sy0:sy1, sx0:sx1], (oy + sy0, ox + sx0))
         out[:, y0:y1, x0:x1] = probs[:, y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0]
     return out

@@ -177,8 +177,10 @@ def test_background_blocks_are_never_read_nor_predicted(slide, tmp_path, monkeyp
 
 
 def test_background_cells_inside_blocks_are_not_predicted(slide, monkeypatch) -> None:
-    """Inside selected blocks only the tissue cells (grown by the halo) are predicted; the
-    labels still equal a run that predicts every pixel of those blocks."""
+    """Inside selected blocks only the tissue cells (grown by the halo) are predicted — or
+    the whole window, when that costs no more of the classical model's global tiles
+    (``test_masked_window_predicts_what_is_cheaper``); the labels still equal a run that
+    predicts every pixel of those blocks."""
     import segpipe.infer
     import segpipe.predict
 
@@ -199,7 +201,7 @@ def test_background_cells_inside_blocks_are_not_predicted(slide, monkeypatch) ->
     for b in result.processed:
         y0, x0, y1, x1 = grid.window(b)
         window_px += (y1 - y0) * (x1 - x0)
-    assert 0 < sum(predicted) < 0.95 * window_px  # some background cells were skipped
+    assert 0 < sum(predicted) <= window_px  # never more than the blocks' windows
     labels = read_labels(url, "cells")
     every = segment_image(url, "classical", label_name="cells-all", blocks=result.processed)
     assert every.processed == result.processed

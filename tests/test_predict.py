@@ -303,6 +303,35 @@ def test_masked_window_equals_the_full_window_in_its_cells_classical() -> None:
     assert not empty.any()
 
 
+def test_masked_window_predicts_what_is_cheaper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Global grid: the masked cells' passes when they need fewer tiles than the window,
+    else one pass over the window; either way the cells get the window's values."""
+    img = blobs((1100, 1100), n=200, seed=5)[None]  # 3 × 3 global tiles (stride 512)
+    stats = image_stats(img, CLASSICAL.card, "grey")
+    passes: list[tuple[int, ...]] = []
+    real = P.predict_window
+
+    def counting(model, window, *args, **kwargs):  # type: ignore[no-untyped-def]
+        passes.append(window.shape)
+        return real(model, window, *args, **kwargs)
+
+    monkeypatch.setattr(P, "predict_window", counting)
+    full = P.window_probabilities(CLASSICAL, img, stats, (0, 0), "grey")
+    # one corner cell: one small pass; four cells astride tile borders: their passes would
+    # need 2 × 2 tiles each, more than the window's 9, so the window is predicted once
+    for cells, whole in (([(0, 0)], False), ([(3, 3), (3, 7), (7, 3), (7, 7)], True)):
+        passes.clear()
+        mask = _cells_mask(img.shape[1:], (0, 0), 128, cells)
+        part = P.window_probabilities(CLASSICAL, img, stats, (0, 0), "grey", mask=mask)
+        inside = _in_cells(img.shape[1:], (0, 0), 128, cells)
+        np.testing.assert_array_equal(part[:, inside], full[:, inside])
+        assert not part[:, ~inside].any()
+        if whole:
+            assert passes == [img.shape]
+        else:
+            assert len(passes) == 1 and passes[0][1] * passes[0][2] < 0.1 * img.shape[1] * img.shape[2]
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.75])
 def test_masked_window_matches_the_full_window_for_a_unet(scale: float) -> None:
     """One pass per rectangle with the card's halo of context: float tolerance; the

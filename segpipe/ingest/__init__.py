@@ -31,7 +31,7 @@ from segpipe import _malloc
 from segpipe.errors import ConfigError, ImageReadError
 from segpipe.ingest._core import _phases, downsample2, level_shapes_for
 from segpipe.ingest._tasks import _n_threads, _run, _source_token
-from segpipe.io import ImageSource, open_image, remove, zarr_store
+from segpipe.io import ImageSource, join_url, open_image, remove, zarr_store
 
 __all__ = [
     "IngestSpec",
@@ -218,8 +218,9 @@ def ingest_image(
             attributes={"ome": _ome_attrs(src, levels, name), "segpipe": own},
         )
         for i, (ly, lx) in enumerate(levels):
-            root.create_array(
-                str(i),
+            zarr.create_array(  # through a store rooted at the level: zarr checks one parent
+                store=zarr_store(join_url(zarr_url, str(i)), storage_options),
+                zarr_format=3,
                 shape=(c, ly, lx),
                 dtype=src.dtype,
                 chunks=(c, spec.chunk, spec.chunk),
