@@ -291,7 +291,7 @@ def test_shifted_morphology_equals_scipy(shape: tuple[int, int], density: float,
     """The shifted-slice closing the mask uses gives scipy's mask, borders included."""
     from skimage import morphology
 
-    from segpipe.tissue import _close_disk2
+    from segpipe.tissue._mask import _close_disk2
 
     mask = np.random.default_rng(seed).random(shape) < density
     want = ndi.binary_closing(mask, morphology.disk(2), border_value=0)
@@ -302,7 +302,7 @@ def test_shifted_morphology_equals_scipy(shape: tuple[int, int], density: float,
 @pytest.mark.parametrize("f", [2, 3, 4])
 def test_block_mean_equals_float32_sums(dtype: type, f: int) -> None:
     """The integer block means of 8/16-bit thumbnails are the float32 sums' to the bit."""
-    from segpipe.tissue import _block_mean
+    from segpipe.tissue._mask import _block_mean
 
     rng = np.random.default_rng(f)
     info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None

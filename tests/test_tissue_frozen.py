@@ -13,23 +13,23 @@ from skimage import morphology
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 
-from segpipe import tissue
 from segpipe.tissue import (
     MIN_SEPARATION,
     MIN_TIGHT_RATIO,
     WORK_SIZE,
-    _block_mean,
-    _close_disk2,
-    _indices,
-    _percentiles,
-    _remove_small_holes,
-    _remove_small_objects,
-    _threshold_otsu,
     select_blocks,
     select_blocks_and_cells,
     select_from_thumb,
     tissue_cells,
     tissue_mask,
+)
+from segpipe.tissue._mask import _MODALITIES, _block_mean, _close_disk2, _work_mask
+from segpipe.tissue._select import _indices
+from segpipe.tissue._threshold import (
+    _percentiles,
+    _remove_small_holes,
+    _remove_small_objects,
+    _threshold_otsu,
 )
 
 # ---- frozen reference: segpipe.tissue before the quick paths ---------------------------------
@@ -142,7 +142,7 @@ def ref_select_from_thumb(thumb, modality, shape, block, cell, margin=0):
     thumb = np.asarray(thumb)
     if thumb.ndim == 2:
         thumb = thumb[None]
-    mode = tissue._MODALITIES[modality]
+    mode = _MODALITIES[modality]
     y, x = thumb.shape[1:]
     f = max(1, -(-max(y, x) // WORK_SIZE))
     mask = ref_mask(ref_block_mean(thumb, f) if f > 1 else thumb, mode)
@@ -190,7 +190,7 @@ def assert_same_selection(thumb, modality, shape, block, cell, margin):
     assert blocks == want_blocks
     np.testing.assert_array_equal(cells, want_cells)
     assert fraction == want_fraction  # the same float
-    mask, _ = tissue._work_mask(np.asarray(thumb), modality)
+    mask, _ = _work_mask(np.asarray(thumb), modality)
     np.testing.assert_array_equal(mask, want_mask)
 
 
