@@ -40,10 +40,28 @@ class TemporaryServer:
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         self.url: str | None = None
+        self._port = 0
         self._lock = threading.Lock()
 
+    def spawn(self) -> None:
+        """Start the server process (it boots on its own; :meth:`start` waits for it)."""
+        spec = importlib.util.find_spec("prefect")
+        if spec is None or spec.origin is None:
+            raise RuntimeError("prefect is not installed")
+        app_dir = str(Path(spec.origin).parent.parent)
+        self._port = _free_port()
+        atexit.register(self.stop)
+        with self._lock:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
+                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self._port),
+                 "--log-level", "error", "--lifespan", "on"],
+                env={**os.environ, **_SERVER_ENV},
+            )  # fmt: skip
+
     def start(self, timeout_s: float) -> str:
-        """Start it and wait until ``/api/health`` answers; return the API URL.
+        """Spawn it (unless :meth:`spawn` did) and wait until ``/api/health`` answers; return
+        the API URL.
 
         Raises
         ------
@@ -52,25 +70,15 @@ class TemporaryServer:
         """
         import httpx
 
-        spec = importlib.util.find_spec("prefect")
-        if spec is None or spec.origin is None:
-            raise RuntimeError("prefect is not installed")
-        app_dir = str(Path(spec.origin).parent.parent)
         deadline = time.monotonic() + timeout_s
-        atexit.register(self.stop)
+        if self.process is None:
+            self.spawn()
         for _ in range(5):
-            port = _free_port()
-            with self._lock:
-                self.process = subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
-                     "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-                     "--log-level", "error", "--lifespan", "on"],
-                    env={**os.environ, **_SERVER_ENV},
-                )  # fmt: skip
-            url = f"http://127.0.0.1:{port}/api"
+            process, url = self.process, f"http://127.0.0.1:{self._port}/api"
+            assert process is not None
             with httpx.Client() as client:
                 while time.monotonic() < deadline:
-                    status = self.process.poll()
+                    status = process.poll()
                     if status == _PORT_IN_USE:
                         break  # another port
                     if status is not None:
@@ -83,6 +91,7 @@ class TemporaryServer:
                 else:
                     self.stop()
                     raise RuntimeError(f"the temporary Prefect server did not answer within {timeout_s:.0f} s")
+            self.spawn()
         raise RuntimeError("the temporary Prefect server found no free port")
 
     def stop(self) -> None:
@@ -125,7 +134,13 @@ def boot_api_server() -> TemporaryServer | None:
         ephemeral mode is off, or the start failed — the flow call then does what Prefect
         always does (and reports its error).
     """
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    server = TemporaryServer()
     try:
+        # the server boots (seconds) while this process imports Prefect's settings (~1.5 s)
+        # to see whether a profile configures an API or turns the temporary server off
+        server.spawn()
         from prefect.settings import (
             PREFECT_API_URL,
             PREFECT_SERVER_EPHEMERAL_ENABLED,
@@ -133,11 +148,12 @@ def boot_api_server() -> TemporaryServer | None:
         )
 
         if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+            server.stop()
             return None
-        server = TemporaryServer()
         server.start(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
         return server
     except Exception:  # reported by the flow call, which starts Prefect's own server
+        server.stop()
         return None
 
 

@@ -147,10 +147,12 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
             # A bad weights file or an unwritable RESULTS is one line here, not a Prefect traceback.
             resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
             tables.init_results(results)
-        api.join()
+        # Prefect's flow machinery is imported while the API server boots
         from flows import archive_run, set_reporter
         from flows._server import api_settings
         from segpipe.cli._progress import LineReporter, RichReporter, make_reporter
+
+        api.join()
 
         server = booted[0] if booted else None
         reporter = make_reporter()
