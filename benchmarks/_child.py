@@ -452,29 +452,6 @@ def cli(a: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": seconds, "summary": summary[-1] if summary else proc.stdout[-300:]}
 
 
-class _InlineExecutor:
-    """A ``ThreadPoolExecutor`` stand-in that runs each call at once in the caller's thread."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __enter__(self) -> _InlineExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from concurrent.futures import Future
-
-        fut: Future[Any] = Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - delivered through the future
-            fut.set_exception(exc)
-        return fut
-
-
 def profile(a: argparse.Namespace) -> dict[str, Any]:
     """cProfile of one image's segmentation in this process (the Dask tasks' code, serially)."""
     import cProfile
@@ -488,7 +465,7 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
     _threads(a.threads)
     # cProfile sees only its own thread: run pass 1's read-ahead and finishing (post-
     # processing, stitch records, statistics, writes) inline, so they are profiled too
-    segpipe.infer.ThreadPoolExecutor = _InlineExecutor  # type: ignore[attr-defined,misc]
+    segpipe.infer.ThreadPoolExecutor = segpipe.infer._InlineExecutor  # type: ignore[attr-defined,misc]
     url = str(Path(a.out) / "profile.ome.zarr")
     ingest_image(a.source, url, IngestSpec())
     prof = cProfile.Profile()

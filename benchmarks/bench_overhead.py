@@ -206,6 +206,7 @@ def _cli_runs(
 def _prefect_server() -> Iterator[str]:
     """A Prefect API server for the duration (the one Prefect starts on demand, started
     here once, as ``prefect server start`` runs beside scheduled deployments); its URL."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline, as segpipe sets it
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()

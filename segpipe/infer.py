@@ -48,7 +48,7 @@ import operator
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -268,6 +268,27 @@ def _finish(
     return record, part.relabel(provisional)
 
 
+class _InlineExecutor:
+    """A ``ThreadPoolExecutor`` stand-in that runs each call at once in the caller's thread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __enter__(self) -> _InlineExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future, as a pool does
+            fut.set_exception(exc)
+        return fut
+
+
 def _pass1(
     job: _Job,
     blocks: Sequence[tuple[int, int]],
@@ -293,7 +314,9 @@ def _pass1(
     def read(block: tuple[int, int]) -> np.ndarray:
         return known[block] if block in known else _read_window(job, block)
 
-    with _malloc.raised(), ThreadPoolExecutor(max_workers=job.finish_threads) as pool:
+    # one block has nothing to overlap: no threads to start and hand the work between
+    executor = ThreadPoolExecutor if len(blocks) > 1 else _InlineExecutor
+    with _malloc.raised(), executor(max_workers=job.finish_threads) as pool:
         reads = [pool.submit(read, b) for b in blocks[:2]]
         finishing = []
         for i, block in enumerate(blocks):
