@@ -5,8 +5,12 @@ The address comes from the argument or ``SEGPIPE_DASK_ADDRESS`` (a scheduler sta
 ``distributed.LocalCluster`` is started that the returned client owns (closing the client
 closes it):
 
-* **CPU machine** — one worker process per 2 cores (at least 1), 2 threads each, so the
-  threads together match the cores; memory split evenly ("auto").
+* **CPU machine** — one single-threaded worker process per core; memory split evenly
+  ("auto"). Processes, not threads: whole-image tasks of small images hold the GIL much
+  of the time, and 500 PNGs of 1024² took 69 s with one worker of 2 threads against 51–64 s
+  with two single-threaded workers on 2 cores (``benchmarks/bench_overhead.py`` and the
+  other benchmarks measure that layout). ``n_workers`` alone gives each worker up to 2
+  threads, as many as the cores allow.
 * **machine with CUDA GPUs** — single-threaded worker processes, each with
   ``resources={"GPU": 1}`` and a ``CUDA_VISIBLE_DEVICES`` of one card (set by a worker
   plugin before any task imports torch; worker ``i`` gets card ``i mod n_gpus``), so GPU
@@ -185,7 +189,7 @@ def connect(
         n_workers = n_workers or n_gpus * workers_per_gpu(cores, n_gpus, _gpu_memory_gib())
         threads_per_worker = threads_per_worker or 1
     else:
-        n_workers = n_workers or max(1, cores // 2)
+        n_workers = n_workers or cores
         threads_per_worker = threads_per_worker or max(1, min(2, cores // n_workers))
     if memory_limit is not None:
         kwargs["memory_limit"] = memory_limit

@@ -103,7 +103,7 @@ class RunSettings(_Stage):
     concurrency: int = Field(2, ge=1, le=256, description="Large images processed at once (their chunks share the Dask cluster); small images (≤ 4 blocks) run one per Dask worker thread.", json_schema_extra=_NO_RESULT)
     content_hash: bool = Field(False, description="Fingerprint images by content hash instead of size + modification time.", json_schema_extra=_NO_RESULT)
     cluster: str | None = Field(None, description="Dask scheduler address (tcp://host:8786); None starts a LocalCluster.", json_schema_extra=_NO_RESULT)
-    n_workers: int | None = Field(None, ge=1, le=256, description="Worker processes of the LocalCluster segpipe starts when no cluster is given; None sizes it to the machine (with GPUs: one single-threaded worker per 2 cores per card, at most one per 4 GiB of the card; else one per 2 cores).", json_schema_extra=_NO_RESULT)
+    n_workers: int | None = Field(None, ge=1, le=256, description="Worker processes of the LocalCluster segpipe starts when no cluster is given; None sizes it to the machine (with GPUs: one single-threaded worker per 2 cores per card, at most one per 4 GiB of the card; else one single-threaded worker per core).", json_schema_extra=_NO_RESULT)
     threads_per_worker: int | None = Field(None, ge=1, le=256, description="Threads per LocalCluster worker; None picks it with n_workers.", json_schema_extra=_NO_RESULT)
     retries: int = Field(2, ge=0, le=20, description="Retries of a stage after a transient error (S3, OSError, lost worker).", json_schema_extra=_NO_RESULT)
     retry_delay_s: float = Field(5.0, ge=0, le=3600, description="Seconds between retries.", json_schema_extra=_NO_RESULT)
