@@ -163,7 +163,8 @@ def api_settings(server: TemporaryServer | None) -> Iterator[None]:
     if server is None or server.url is None:
         yield
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: server.url}):
+    # no UI runs there (PREFECT_UI_ENABLED=0): no "View at …" links derived from the API URL
+    with temporary_settings(updates={PREFECT_API_URL: server.url, PREFECT_UI_URL: ""}):
         yield

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 from prefect import flow
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
 from flows._server import TemporaryServer, api_settings, boot_api_server
 
@@ -21,6 +21,7 @@ def test_temporary_server_runs_a_flow_and_stops() -> None:
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         with api_settings(server):
             assert PREFECT_API_URL.value() == url
+            assert not PREFECT_UI_URL.value()  # its UI is off: no links to it
             assert _answer() == 42
         process = server.process
         assert process is not None
