@@ -42,6 +42,7 @@ class TemporaryServer:
         self.url: str | None = None
         self._port = 0
         self._lock = threading.Lock()
+        atexit.register(self.stop)  # a no-op unless a process is still running then
 
     def spawn(self) -> None:
         """Start the server process (it boots on its own; :meth:`start` waits for it)."""
@@ -50,7 +51,6 @@ class TemporaryServer:
             raise RuntimeError("prefect is not installed")
         app_dir = str(Path(spec.origin).parent.parent)
         self._port = _free_port()
-        atexit.register(self.stop)
         with self._lock:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",

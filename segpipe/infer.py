@@ -549,9 +549,8 @@ def segment_image(
 
     try:
         if client is None:
-            # a one-block image's window is its level 0, already read as the thumbnail
-            whole = direct and level == 0 and grid.window((0, 0)) == (0, 0, *meta.shape)
-            known = {(0, 0): thumb} if whole else None
+            # one block: its window is the whole image, i.e. level 0, already read as the thumbnail
+            known = {(0, 0): thumb} if direct and level == 0 else None
             columns_partial, t = _local(job, todo, loaded, tick, pieces, direct, known)
         else:
             columns_partial, t = _distributed(

@@ -62,6 +62,12 @@ def _tile_range(origin: int, size: int, stride: int) -> range:
     return range(origin // stride, (origin + size - 1) // stride + 1)
 
 
+def _n_tiles(oy: int, ox: int, span: tuple[int, int, int, int], stride: int) -> int:
+    """Global-grid tiles that ``span`` (y0, x0, y1, x1 in a window at ``(oy, ox)``) touches."""
+    y0, x0, y1, x1 = span
+    return len(_tile_range(oy + y0, y1 - y0, stride)) * len(_tile_range(ox + x0, x1 - x0, stride))
+
+
 def predict_window(
     model: Model | str | Path,
     window: np.ndarray,
@@ -260,8 +266,10 @@ def window_probabilities(
     oy, ox = (int(v) for v in origin)
     _, ny, nx = x.shape
 
+    unscaled = abs(scale - 1.0) < 1e-6
+
     def predict(sub: np.ndarray, at: tuple[int, int]) -> np.ndarray:
-        if abs(scale - 1.0) < 1e-6:
+        if unscaled:
             return predict_window(model, sub, at, batch=batch, grid=grid)
         return _predict_scaled(model, sub, at, float(scale), batch, grid)
 
@@ -283,20 +291,17 @@ def window_probabilities(
         return predict(x, (oy, ox))
     spans = [(max(y0 - context, 0), max(x0 - context, 0), min(y1 + context, ny), min(x1 + context, nx))
              for y0, x0, y1, x1 in rects]  # fmt: skip
-    whole = None
-    if grid == "global" and abs(scale - 1.0) < 1e-6:
+    if grid == "global" and unscaled:
         # the rectangles' passes cost global tiles, not pixels: when they need as many tiles
-        # as the window, predict the window once (the same values: the grid is global)
-        def tiles(y0: int, x0: int, y1: int, x1: int) -> int:
-            rows = _tile_range(oy + y0, y1 - y0, card.stride)
-            return len(rows) * len(_tile_range(ox + x0, x1 - x0, card.stride))
-
-        if sum(tiles(*s) for s in spans) >= tiles(0, 0, ny, nx):
+        # as the window, one pass over the window serves them all (the same values: the grid
+        # is global)
+        stride = card.stride
+        if sum(_n_tiles(oy, ox, s, stride) for s in spans) >= _n_tiles(oy, ox, (0, 0, ny, nx), stride):
             whole = predict(x, (oy, ox))
+            for y0, x0, y1, x1 in rects:
+                out[:, y0:y1, x0:x1] = whole[:, y0:y1, x0:x1]
+            return out
     for (y0, x0, y1, x1), (sy0, sx0, sy1, sx1) in zip(rects, spans, strict=True):
-        if whole is not None:
-            out[:, y0:y1, x0:x1] = whole[:, y0:y1, x0:x1]
-            continue
         probs = predict(x[:, sy0:sy1, sx0:sx1], (oy + sy0, ox + sx0))
         out[:, y0:y1, x0:x1] = probs[:, y0 - sy0 : y1 - sy0, x0 - sx0 : x1 - sx0]
     return out

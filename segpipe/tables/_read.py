@@ -112,14 +112,19 @@ def has_older_regions(
     """
     check_id(image_id, "image_id")
     fs, root = resolve(results, storage_options)
+    return bool(_older_region_files(fs, root, image_id, keep_run_id))
+
+
+def _older_region_files(fs: fsspec.AbstractFileSystem, root: str, image_id: str, keep_run_id: str) -> list[str]:
+    """The files in an image's regions folder other than ``<keep_run_id>.parquet`` (freshly listed)."""
     folder = f"{root}/tables/regions/{image_id}"
     fs.invalidate_cache(folder)
     try:
         found = fs.find(folder)
     except FileNotFoundError:
-        return False
+        return []
     keep = f"{folder}/{keep_run_id}.parquet"
-    return any(p != keep for p in found)
+    return [p for p in found if p != keep]
 
 
 def prune_regions(
@@ -168,18 +173,11 @@ def prune_regions(
             f"refusing to prune regions of {image_id!r}: its latest done run is {have!r}, "
             f"not {keep_run_id!r}; write the done row first"
         )
-    folder = f"{root}/tables/regions/{image_id}"
-    fs.invalidate_cache(folder)
-    try:
-        found = fs.find(folder)
-    except FileNotFoundError:
-        found = []
-    keep = f"{folder}/{keep_run_id}.parquet"
-    removed = [p for p in found if p != keep]
+    removed = _older_region_files(fs, root, image_id, keep_run_id)
     for path in removed:
         fs.rm_file(path)
     if not is_local(fs):
-        fs.invalidate_cache(folder)
+        fs.invalidate_cache(f"{root}/tables/regions/{image_id}")
     return [results_path(fs, p) for p in removed]
 
 
