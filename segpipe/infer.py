@@ -61,6 +61,7 @@ from segpipe.stitch import CONNECTIVITY, BlockRecord, apply_relabel, plan, provi
 from segpipe.tiling import BlockGrid
 
 if TYPE_CHECKING:
+    from segpipe.ingest import ImageMeta
     from segpipe.models import Model
     from segpipe.normalize import ImageStats
     from segpipe.predict import segment_array
@@ -153,6 +154,8 @@ class _Job:
     context: int | None = None  # px predicted around masked rectangles (None: from the card)
     edge: int = 0  # see _clear_edges
     finish_threads: int = 2  # threads reading ahead and finishing blocks inside a pass-1 task
+    # arrays this process has open already, by URL (in-process runs only; empty when shipped)
+    opened: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 _POOL_ALIGN = 16  # down-sampling factor of the built-in U-Nets (and a divisor of chunk sizes)
@@ -180,14 +183,17 @@ def _open_array(url: str, storage_options: dict[str, Any] | None, mode: str = "r
     return zarr.open_array(store=store, mode=mode, zarr_format=3)  # segpipe writes only v3
 
 
-def _write_block(url: str, storage_options: dict[str, Any] | None, y0: int, x0: int, data: np.ndarray) -> None:
-    """Write ``data`` at ``(y0, x0)`` (a block's core, on the chunk grid) of the array at ``url``.
+def _write_block(url: str, storage_options: dict[str, Any] | None, y0: int, x0: int, data: np.ndarray,
+                 array: Any = None) -> None:
+    """Write ``data`` at ``(y0, x0)`` (a block's core, on the chunk grid) of the array at ``url``
+    (``array``: that array, already open for writing).
 
     The label arrays skip chunks of background (``write_empty_chunks=False``), a check zarr
     makes with a full comparison per chunk (~2 ms per megapixel of uint32). When every chunk
     of ``data`` holds a label, the check is skipped: the same chunks are written.
     """
-    array = _open_array(url, storage_options, "r+")
+    if array is None:
+        array = _open_array(url, storage_options, "r+")
     cy, cx = (int(c) for c in array.chunks)
     if all(data[y : y + cy, x : x + cx].any() for y in range(0, data.shape[0], cy)
            for x in range(0, data.shape[1], cx)):  # fmt: skip
@@ -260,9 +266,10 @@ def _finish(
     y0, x0, y1, x1 = grid.core(block)
     core = grid.core_in_window(block)
     if record.count:
-        _write_block(job.tmp_url, job.storage_options, y0, x0, core_ids)
+        _write_block(job.tmp_url, job.storage_options, y0, x0, core_ids, job.opened.get(job.tmp_url))
         if job.classes_url is not None and seg.classes is not None:
-            _write_block(job.classes_url, job.storage_options, y0, x0, seg.classes[core].astype(np.uint8))
+            _write_block(job.classes_url, job.storage_options, y0, x0, seg.classes[core].astype(np.uint8),
+                         job.opened.get(job.classes_url))
     part = partial_stats(seg.labels, raw, (wy0, wx0), seg.classes, core=core)
     provisional = np.searchsorted(window_ids, part.label).astype(np.uint32) + 1
     return record, part.relabel(provisional)
@@ -421,6 +428,7 @@ def segment_image(
     device: str | None = None,
     finish_threads: int = 2,
     gpu_group: int = GPU_GROUP,
+    meta: ImageMeta | None = None,
 ) -> SegmentResult:
     """Segment an ingested OME-Zarr image into ``labels/<label_name>`` and region columns.
 
@@ -458,6 +466,9 @@ def segment_image(
         (post-processing, statistics, writes) while the model runs.
     gpu_group : int
         Blocks per pass-1 task on GPU workers (at most; see :data:`GPU_GROUP`).
+    meta : ImageMeta, optional
+        The image's metadata when the caller has it (as :func:`segpipe.ingest.ingest_image`
+        returned it); read from ``zarr_url`` otherwise.
 
     Returns
     -------
@@ -472,7 +483,8 @@ def segment_image(
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    meta = read_meta(zarr_url, storage_options)
+    if meta is None:
+        meta = read_meta(zarr_url, storage_options)
     if isinstance(model, Model):
         loaded = model
     else:  # with a cluster the driver needs only the card: keep it off the GPU
@@ -514,12 +526,13 @@ def segment_image(
     todo, tissue_fraction, cells = _select(blocks, grid, thumb, meta.modality, MASK_CELL)
     semantic = card.task == "semantic"
 
+    # the image was read above: no check that it exists
     labels_arr = create_label_array(zarr_url, name, meta.shape, inner, shards,
-                                    storage_options=storage_options)  # fmt: skip
-    classes_url = None
+                                    storage_options=storage_options, check_image=False)  # fmt: skip
+    classes_url, classes_arr = None, None
     if semantic:
-        create_label_array(zarr_url, f"{name}-classes", meta.shape, inner, shards, dtype="uint8",
-                           storage_options=storage_options)  # fmt: skip
+        classes_arr = create_label_array(zarr_url, f"{name}-classes", meta.shape, inner, shards, dtype="uint8",
+                                         storage_options=storage_options, check_image=False)  # fmt: skip
         classes_url = join_url(zarr_url, "labels", f"{name}-classes")
     labels_url = join_url(zarr_url, "labels", name)
     # One block: its provisional ids are the final ids (no border to stitch, offset 0), so
@@ -536,6 +549,11 @@ def segment_image(
         cell=MASK_CELL, context=mask_context(card.halo, scale), edge=_edge(loaded, scale, halo),
         finish_threads=finish_threads,
     )  # fmt: skip
+    if client is None:  # the blocks are written by this process: with the arrays created above
+        if direct:
+            job.opened[tmp_url] = labels_arr
+        if classes_arr is not None and job.classes_url is not None:
+            job.opened[job.classes_url] = classes_arr
     pieces = {b: _cells_of(cells, grid, b, MASK_CELL) for b in todo}
     timings["prepare"] = time.perf_counter() - t_start
 
@@ -561,9 +579,12 @@ def segment_image(
         if not direct:
             remove(tmp_url, storage_options)
     t0 = time.perf_counter()
-    finalize_labels(zarr_url, name, client=client, storage_options=storage_options)
+    image_scale = (meta.mpp, len(meta.levels))
+    finalize_labels(zarr_url, name, client=client, storage_options=storage_options, base=labels_arr,
+                    image_scale=image_scale)  # fmt: skip
     if classes_url is not None:
-        finalize_labels(zarr_url, f"{name}-classes", client=client, storage_options=storage_options)
+        finalize_labels(zarr_url, f"{name}-classes", client=client, storage_options=storage_options,
+                        base=classes_arr, image_scale=image_scale)  # fmt: skip
     timings["pyramid"] = time.perf_counter() - t0
     image_id = zarr_url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".ome.zarr")
     columns = finalize(columns_partial, meta.mpp, card.classes, image_id=image_id)

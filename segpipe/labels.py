@@ -70,6 +70,7 @@ def create_label_array(
     shards: tuple[int, int] | None = None,
     dtype: str = "uint32",
     storage_options: dict[str, Any] | None = None,
+    check_image: bool = True,
 ) -> Any:
     """Create (or replace) level ``0`` of label image ``name``; return it for writing.
 
@@ -94,6 +95,9 @@ def create_label_array(
         Integer dtype of the ids (``uint32`` by default).
     storage_options : dict, optional
         fsspec options for remote stores.
+    check_image : bool
+        Check first that the image exists (a caller that has just read it can skip the
+        round trip).
 
     Returns
     -------
@@ -108,7 +112,8 @@ def create_label_array(
         raise ConfigError(f"label dtype {dtype!r} must be an integer type such as 'uint32'")
     if len(shape) != 2 or len(chunks) != 2 or (shards is not None and len(shards) != 2):
         raise ConfigError(f"label shape {shape}, chunks {chunks}, shards {shards} must be (Y, X)")
-    _open_group(zarr_url, storage_options)  # the image must exist
+    if check_image:
+        _open_group(zarr_url, storage_options)  # the image must exist
     fresh = {"version": NGFF_VERSION, "labels": []}
     labels = zarr.open_group(  # a new labels group is created with its attributes
         store=zarr_store(join_url(zarr_url, "labels"), storage_options),
@@ -228,6 +233,8 @@ def finalize_labels(
     properties: Mapping[int, Mapping[str, Any]] | Sequence[Mapping[str, Any]] | None = None,
     client: Any = None,
     storage_options: dict[str, Any] | None = None,
+    base: Any = None,
+    image_scale: tuple[float | None, int | None] | None = None,
 ) -> list[tuple[int, int]]:
     """Build the pyramid of label image ``name``, write its metadata and register it.
 
@@ -255,6 +262,12 @@ def finalize_labels(
         Run the block tasks on this cluster; in-process when absent.
     storage_options : dict, optional
         fsspec options for remote stores.
+    base : zarr.Array, optional
+        Level 0 of the label image, when the caller has it open (as
+        :func:`create_label_array` returned it): not opened again.
+    image_scale : (float or None, int or None), optional
+        The image's level-0 µm/px and number of pyramid levels, when the caller knows them
+        (e.g. from :func:`segpipe.ingest.read_meta`); read from the image otherwise.
 
     Returns
     -------
@@ -263,14 +276,14 @@ def finalize_labels(
     """
     import zarr
 
-    image = _open_group(zarr_url, storage_options)
     label_url = join_url(zarr_url, "labels", name)
     group = _open_group(label_url, storage_options, mode="r+")
-    try:
-        base = group["0"]
-    except KeyError:
-        raise ConfigError(f"{label_url}/0 does not exist; call create_label_array first") from None
-    mpp, n_levels = _image_scale(image)
+    if base is None:
+        try:
+            base = group["0"]
+        except KeyError:
+            raise ConfigError(f"{label_url}/0 does not exist; call create_label_array first") from None
+    mpp, n_levels = image_scale or _image_scale(_open_group(zarr_url, storage_options))
     shapes = _level_shapes(base.shape, n_levels)
     block = base.shards or base.chunks
     for level in range(1, len(shapes)):

@@ -184,3 +184,22 @@ def test_rerun_unlists_until_finalized(image_url: str) -> None:
     assert other.shape == (300, 260)
     finalize_labels(image_url, "nuclei")
     assert label_names(image_url) == ["cells", "nuclei"]
+
+
+def test_known_base_and_scale_give_the_same_label_image(tmp_path: Path) -> None:
+    """A caller that has level 0 open and knows the image's scale (the engine) skips the
+    round trips, and the files are the same as when finalize_labels reads them itself."""
+    data = np.random.default_rng(3).integers(0, 255, (1, 200, 160), dtype=np.uint8)
+    labels = disc_labels((200, 160), seed=4)
+    trees = []
+    for k, known in enumerate((False, True)):
+        url = str(tmp_path / f"img{k}.ome.zarr")
+        write_test_image(url, data, mpp=0.25, n_levels=2)
+        base = create_label_array(url, "cells", (200, 160), (64, 64), check_image=not known)
+        base[:] = labels
+        shapes = finalize_labels(url, "cells", base=base if known else None,
+                                 image_scale=(0.25, 2) if known else None)  # fmt: skip
+        assert shapes == [(200, 160), (100, 80)] and label_names(url) == ["cells"]
+        root = Path(url) / "labels"
+        trees.append({p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()})
+    assert trees[0] == trees[1]

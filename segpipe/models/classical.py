@@ -63,9 +63,14 @@ class ClassicalModule(nn.Module):
         pad[0 if dim == 3 else 2] = pad[1 if dim == 3 else 3] = r
         mode = "reflect" if size > r else "replicate"
         xp = F.pad(x, pad, mode=mode)
-        out = xp.narrow(dim, 0, size) * self.weights[0]
+        # out = Σ xp_i · w_i, term by term in order; in place into two buffers: the same
+        # rounding as `out = out + xp_i * w_i`, without an image-sized temporary per term
+        if xp.requires_grad and torch.is_grad_enabled():  # out= has no autograd
+            return sum((xp.narrow(dim, i, size) * w for i, w in enumerate(self.weights)), xp.new_zeros(()))
+        out = torch.mul(xp.narrow(dim, 0, size), self.weights[0])
+        term = torch.empty_like(out)
         for i in range(1, 2 * r + 1):
-            out = out + xp.narrow(dim, i, size) * self.weights[i]
+            out.add_(torch.mul(xp.narrow(dim, i, size), self.weights[i], out=term))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

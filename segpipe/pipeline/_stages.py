@@ -189,7 +189,7 @@ def ingest_stage(source_uri: str, image_id: str, results: str, config: SegpipeCo
 
 def segment_stage(zarr_url: str, model: str, config: SegpipeConfig, client: Any = None,
                   storage_options: dict[str, Any] | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> Any:
+                  progress: Callable[[int, int], None] | None = None, meta: ImageMeta | None = None) -> Any:
     """Segment an ingested image chunk by chunk on the cluster (engine's ``segment_image``).
 
     Writes ``labels/<model name>`` (pyramid included) into the OME-Zarr and returns the
@@ -202,23 +202,19 @@ def segment_stage(zarr_url: str, model: str, config: SegpipeConfig, client: Any 
         zarr_url, model, client=client, halo=config.infer.halo,
         blocks=None if config.tissue.enabled else "all", storage_options=storage_options,
         progress=progress, batch=config.infer.batch,
-        device=None if config.infer.device == "auto" else config.infer.device,
+        device=None if config.infer.device == "auto" else config.infer.device, meta=meta,
     )  # fmt: skip
 
 
-def publish_stage(results: str, image_id: str, run_id: str, zarr_url: str, segmented: SegmentResult,
-                  row: dict[str, Any], client: Any = None,
+def publish_stage(results: str, image_id: str, run_id: str, segmented: SegmentResult, row: dict[str, Any],
                   storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Make the outputs visible: label pyramid registered, region file, then the ``done`` row LAST.
+    """Make the outputs visible: region file, then the ``done`` row LAST.
 
+    The label pyramid is registered already (``segment_image`` does it before it returns).
     Returns the row written. Region files of older runs are pruned after the commit.
     """
     from segpipe import tables
-    from segpipe.labels import finalize_labels, label_names
 
-    name = segmented.label_name
-    if name not in label_names(zarr_url, storage_options=storage_options):
-        finalize_labels(zarr_url, name, client=client, storage_options=storage_options)
     columns = {k: v for k, v in segmented.columns.items() if k not in ("image_id", "run_id")}
     tables.write_regions(results, image_id, run_id, columns, storage_options=storage_options)
     done = {**row, "status": "done", "error": None, "labels_uri": segmented.labels_url,
@@ -298,12 +294,11 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
 
         t = time.perf_counter()
         segmented = run("segment", lambda: segment_stage(zarr_url, ref.load_name, config, client, storage_options,
-                                                         chunk_progress))
+                                                         chunk_progress, meta))
         timings["segment"] = time.perf_counter() - t
         t = time.perf_counter()
         row.update(finished_at=datetime.now(timezone.utc), duration_s=time.perf_counter() - t0, timings=timings)
-        done = run("publish", lambda: publish_stage(results, image_id, run_id, zarr_url, segmented, row,
-                                                         client, storage_options))
+        done = run("publish", lambda: publish_stage(results, image_id, run_id, segmented, row, storage_options))
         timings["publish"] = time.perf_counter() - t
         seconds = time.perf_counter() - t0
         log.info("%s: done, %d regions in %.1f s", image_id, done["n_regions"], seconds)
