@@ -2,8 +2,9 @@
 
 Without ``PREFECT_API_URL`` the first flow call starts a temporary API server (a uvicorn
 subprocess: ~6 s on an idle machine, far more on a busy one) and waits for it. ``segpipe
-run`` calls :func:`boot_api_server` on a thread right after planning, so the server boots
-while the Dask cluster starts, and runs its flow against it (:func:`api_settings`).
+run`` starts it right after planning (:func:`spawn_api_server`), so that it boots while the
+Dask cluster starts and Prefect is imported, waits for it (:func:`await_api_server`) only
+when the flow is about to run, and runs its flow against it (:func:`api_settings`).
 
 The server is the one Prefect's ephemeral mode starts — the same uvicorn command and
 environment as ``prefect.server.api.server.SubprocessASGIServer`` — but started here
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
 
-__all__ = ["TemporaryServer", "api_settings", "boot_api_server"]
+__all__ = ["TemporaryServer", "api_settings", "await_api_server", "boot_api_server", "spawn_api_server"]
 
 #: The environment Prefect gives its ephemeral server (no UI, ephemeral services).
 _SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
@@ -124,23 +125,36 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def boot_api_server() -> TemporaryServer | None:
-    """Start a temporary API server unless a real one is configured; never raises.
+def spawn_api_server() -> TemporaryServer | None:
+    """Start booting a temporary API server, unless ``PREFECT_API_URL`` is in the environment.
 
-    Returns
-    -------
-    TemporaryServer or None
-        The running server, or None: ``PREFECT_API_URL`` is set (environment or profile),
-        ephemeral mode is off, or the start failed — the flow call then does what Prefect
-        always does (and reports its error).
+    Only the process is started (no Prefect import, milliseconds); :func:`await_api_server`
+    decides later whether it is used and waits for it. Never raises: None when it could not
+    be started (the flow call then does what Prefect always does).
     """
     if os.environ.get("PREFECT_API_URL"):
         return None
     server = TemporaryServer()
     try:
-        # the server boots (seconds) while this process imports Prefect's settings (~1.5 s)
-        # to see whether a profile configures an API or turns the temporary server off
         server.spawn()
+        return server
+    except Exception:  # reported by the flow call, which starts Prefect's own server
+        server.stop()
+        return None
+
+
+def await_api_server(server: TemporaryServer | None) -> TemporaryServer | None:
+    """Wait until ``server`` answers, unless Prefect's settings rule it out; never raises.
+
+    Returns
+    -------
+    TemporaryServer or None
+        The running server, or None (stopped): a profile configures an API
+        (``PREFECT_API_URL``), ephemeral mode is off, or the start failed.
+    """
+    if server is None:
+        return None
+    try:
         from prefect.settings import (
             PREFECT_API_URL,
             PREFECT_SERVER_EPHEMERAL_ENABLED,
@@ -155,6 +169,11 @@ def boot_api_server() -> TemporaryServer | None:
     except Exception:  # reported by the flow call, which starts Prefect's own server
         server.stop()
         return None
+
+
+def boot_api_server() -> TemporaryServer | None:
+    """:func:`spawn_api_server` and :func:`await_api_server` in one call."""
+    return await_api_server(spawn_api_server())
 
 
 @contextlib.contextmanager

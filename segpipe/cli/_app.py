@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,12 +96,6 @@ def _check_free(results: str) -> None:
         raise ResultsLockedError(info.describe(results))
 
 
-def _boot_prefect(out: list[Any]) -> None:
-    from flows._server import boot_api_server
-
-    out.append(boot_api_server())
-
-
 def _run_archive(source: str, results: str, model: str | None, config: Path | None,
                  overrides: dict[str, Any], verbose: bool) -> Any:
     from segpipe.config import load_config
@@ -126,51 +119,52 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
     from segpipe.pipeline import FALLBACK_MODEL, prestart_client, resolve_model
 
     _prefect_quiet(verbose)
-    # Prefect's API server boots (a subprocess) while the model is checked and the Dask cluster
-    # (with the model on its workers) starts; the flow waits for both only when it needs them.
-    booted: list[Any] = []  # the temporary API server (None: a configured one, or Prefect's own)
-    api = threading.Thread(target=_boot_prefect, args=(booted,), name="segpipe-prefect-api", daemon=True)
-    api.start()
-    checked = False
-    if plan is None:  # a weights file: check it before starting anything
-        ref = resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
-        tables.init_results(results)
-        checked = True
-    else:
-        ref = plan.model
-    device = None if cfg.infer.device == "auto" else cfg.infer.device
-    cluster: Any = prestart_client(cfg, warm_model=ref.load_name, device=device)
-    if plan is not None and not plan.to_run:  # the no-op run lost a race: no cluster needed
-        cluster = contextlib.nullcontext()
-    with cluster:
-        if not checked:
-            # A bad weights file or an unwritable RESULTS is one line here, not a Prefect traceback.
-            resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
+    # Prefect's API server boots (a subprocess) while the model is checked, the Dask cluster
+    # (with the model on its workers) starts and Prefect is imported here; the flow waits for
+    # it only when it is about to run. (flows._server imports neither Prefect nor the flows.)
+    from flows._server import await_api_server, spawn_api_server
+
+    spawned = spawn_api_server()  # None: PREFECT_API_URL is set
+    try:
+        checked = False
+        if plan is None:  # a weights file: check it before starting anything
+            ref = resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
             tables.init_results(results)
-        # Prefect's flow machinery is imported while the API server boots
-        from flows import archive_run, set_reporter
-        from flows._server import api_settings
-        from segpipe.cli._progress import LineReporter, RichReporter, make_reporter
+            checked = True
+        else:
+            ref = plan.model
+        device = None if cfg.infer.device == "auto" else cfg.infer.device
+        cluster: Any = prestart_client(cfg, warm_model=ref.load_name, device=device)
+        if plan is not None and not plan.to_run:  # the no-op run lost a race: no cluster needed
+            cluster = contextlib.nullcontext()
+        with cluster:
+            if not checked:
+                # A bad weights file or an unwritable RESULTS is one line here, not a Prefect traceback.
+                resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
+                tables.init_results(results)
+            # Prefect's flow machinery is imported while the API server boots
+            from flows import archive_run, set_reporter
+            from flows._server import api_settings
+            from segpipe.cli._progress import LineReporter, RichReporter, make_reporter
 
-        api.join()
-
-        server = booted[0] if booted else None
-        reporter = make_reporter()
-        set_reporter(reporter)
-        try:
-            with api_settings(server):
-                if isinstance(reporter, RichReporter):
-                    with reporter:
-                        summary = archive_run(source, results, model=model,
-                                              config=str(config) if config else None, overrides=overrides)
-                else:
-                    assert isinstance(reporter, LineReporter)
-                    summary = archive_run(source, results, model=model, config=str(config) if config else None,
-                                          overrides=overrides)
-        finally:
-            set_reporter(None)
-            if server is not None:
-                server.stop()
+            server = await_api_server(spawned)  # None: a configured API, or Prefect's own server
+            reporter = make_reporter()
+            set_reporter(reporter)
+            try:
+                with api_settings(server):
+                    if isinstance(reporter, RichReporter):
+                        with reporter:
+                            summary = archive_run(source, results, model=model,
+                                                  config=str(config) if config else None, overrides=overrides)
+                    else:
+                        assert isinstance(reporter, LineReporter)
+                        summary = archive_run(source, results, model=model, config=str(config) if config else None,
+                                              overrides=overrides)
+            finally:
+                set_reporter(None)
+    finally:  # the server also stops when something failed before the flow ran
+        if spawned is not None:
+            spawned.stop()
     return summary
 
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import httpx
 from prefect import flow
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-from flows._server import TemporaryServer, api_settings, boot_api_server
+from flows._server import (
+    TemporaryServer,
+    api_settings,
+    await_api_server,
+    boot_api_server,
+    spawn_api_server,
+)
 
 
 @flow
@@ -37,3 +46,23 @@ def test_no_temporary_server_when_an_api_is_configured() -> None:
         assert boot_api_server() is None
     with api_settings(None):  # nothing booted: the settings stay as they are
         assert PREFECT_API_URL.value() == PREFECT_API_URL.value()
+
+
+def test_spawning_imports_no_prefect() -> None:
+    """The server is started before Prefect (~2 s of CPU) is imported: `flows` loads its
+    flows on first use only."""
+    code = ("import sys, flows._server as s; server = s.spawn_api_server(); "
+            "assert 'prefect' not in sys.modules, 'prefect imported'; server and server.stop(); "
+            "from flows import archive_run; assert 'prefect' in sys.modules")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_spawned_server_is_stopped_when_an_api_is_configured() -> None:
+    server = spawn_api_server()
+    assert server is not None and server.process is not None
+    process = server.process
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert await_api_server(server) is None
+    assert process.poll() is not None and server.process is None
+    assert await_api_server(None) is None
