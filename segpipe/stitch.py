@@ -253,7 +253,7 @@ def _ids_and_ranks(core: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids = np.flatnonzero(table)
         if len(ids) == len(table) - 1:  # every id 1..max present (e.g. a one-block image): identity
             return ids.astype(core.dtype), core.astype(np.uint32, copy=False)
-        return ids.astype(core.dtype), table[core]
+        return ids.astype(core.dtype), np.take(table, core)  # = table[core], 1.5x faster
     window_ids = np.unique(core)
     window_ids = window_ids[window_ids != 0]
     return window_ids, _rank(core, window_ids)
