@@ -458,14 +458,14 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
     import io
     import pstats
 
-    import segpipe.infer
+    import segpipe.infer._tasks
     from segpipe.infer import segment_image
     from segpipe.ingest import IngestSpec, ingest_image
 
     _threads(a.threads)
     # cProfile sees only its own thread: run pass 1's read-ahead and finishing (post-
     # processing, stitch records, statistics, writes) inline, so they are profiled too
-    segpipe.infer.ThreadPoolExecutor = segpipe.infer._InlineExecutor  # type: ignore[attr-defined,misc]
+    segpipe.infer._tasks.ThreadPoolExecutor = segpipe.infer._tasks._InlineExecutor  # type: ignore[misc]
     url = str(Path(a.out) / "profile.ome.zarr")
     ingest_image(a.source, url, IngestSpec())
     prof = cProfile.Profile()

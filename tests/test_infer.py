@@ -139,12 +139,12 @@ def test_background_blocks_are_never_read_nor_predicted(slide, tmp_path, monkeyp
     """Poison level 0 of the skipped blocks in a copy: the labels must not change."""
     import shutil
 
-    import segpipe.infer
+    import segpipe.infer._driver
 
     url, _ = slide
     # this image is small enough for level 0 to be its own thumbnail; use level 1 instead,
     # as a whole slide would, so that level 0 is only read block by block
-    monkeypatch.setattr(segpipe.infer, "STATS_SIDE", 400)
+    monkeypatch.setattr(segpipe.infer._driver, "STATS_SIDE", 400)
     segment_image(url, "classical", label_name="all-blocks", blocks="all")
     result = segment_image(url, "classical", label_name="tissue")
     skipped = sorted(set(BlockGrid(SHAPE, CHUNK).blocks()) - set(result.processed))
@@ -181,11 +181,11 @@ def test_background_cells_inside_blocks_are_not_predicted(slide, monkeypatch) ->
     the whole window, when that costs no more of the classical model's global tiles
     (``test_masked_window_predicts_what_is_cheaper``); the labels still equal a run that
     predicts every pixel of those blocks."""
-    import segpipe.infer
+    import segpipe.infer._driver
     import segpipe.predict
 
     url, _ = slide
-    monkeypatch.setattr(segpipe.infer, "STATS_SIDE", 400)
+    monkeypatch.setattr(segpipe.infer._driver, "STATS_SIDE", 400)
     monkeypatch.setattr(segpipe.predict, "MASK_CELL", 64)
     predicted: list[int] = []
     real = segpipe.predict.predict_window

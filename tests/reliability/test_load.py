@@ -163,7 +163,7 @@ def _pipeline_stats(results: Path, image_id: str):
     """The normalisation statistics the pipeline used: from the pyramid level it picks."""
     import zarr
 
-    from segpipe.infer import _pick_level
+    from segpipe.infer._driver import _pick_level
     from segpipe.ingest import read_meta
     from segpipe.models import load_model
     from segpipe.normalize import image_stats

@@ -1,45 +1,6 @@
-"""Segment an ingested OME-Zarr image block by block on Dask — the thin adapter.
-
-:func:`segment_image` runs the two passes of :mod:`segpipe.stitch` as plain Dask tasks
-(``client.submit``), or as the same functions in a loop in this process without a client:
-
-1. **Once per image** (driver): metadata; normalisation statistics from the pyramid level
-   closest to 2k px (:func:`segpipe.normalize.image_stats` — never per block); tissue
-   mask from the same level (:func:`segpipe.tissue.tissue_mask`) → blocks worth
-   processing, and inside them the :data:`~segpipe.predict.MASK_CELL`-px cells worth
-   predicting (:func:`segpipe.tissue.tissue_cells`); both grow the mask by the halo, so an
-   object at the tissue edge (up to the halo in size) is predicted whole. Background
-   blocks are never read at full resolution nor predicted: their labels stay 0, which
-   zarr stores as nothing. Inside a block, background cells get background probabilities
-   (labels 0) and the tissue cells are predicted as few rectangles with context around
-   them (:func:`segpipe.tiling.cover_cells`): at 40 % tissue this skips part of each block.
-2. **Pass 1** (one task per block = shard, else chunk): read core + halo from the store,
-   :func:`segpipe.predict.window_probabilities` (masked by the block's cells),
-   post-process (:func:`segpipe.postprocess.to_labels`), write provisional core ids to a temporary
-   array, measure the core (:func:`segpipe.regions.partial_stats`, with the window's
-   level-0 pixels already in memory, so the image is read only once), return the border
-   record (small); the partial stays on the worker.
-3. **Plan** (driver): :func:`segpipe.stitch.plan` — offsets + small remaps.
-4. **Pass 2** (one task per block with objects): provisional → final ids written to
-   ``labels/<name>/0``; the block's partial is relabelled the same way; partials are
-   merged by label in a tree of tasks and finalised into region columns.
-
-Tasks take the store URL, the block index, the grid, the model name and the statistics —
-never arrays — and load the model once per worker process (``load_model`` caches it; a
-loaded :class:`~segpipe.models.Model` is scattered to the workers once). Inside pass 1,
-windows are read ahead and finished (post-processing, stitch records, statistics, writes)
-on two threads while the model runs the next block. When the cluster has GPU workers
-(:func:`segpipe.cluster.count_gpu_workers`) a pass-1 task takes up to :data:`GPU_GROUP`
-consecutive blocks (fewer when there are fewer blocks than GPU workers × group), so that
-pipeline keeps the GPU busy, and asks for ``resources={"GPU": 1}`` at ``client.submit``
-(annotations around array graphs are dropped, dask/dask#7036). The CPU work of a block
-(post-processing, statistics) costs ~10× its prediction on a GPU, so
-:func:`segpipe.cluster.connect` runs several single-threaded GPU workers per card.
-
-Resolution: when the image's µm/px and the card's differ by more than 10 %, pass 1 runs
-``segment_window(..., scale=image_mpp / card.mpp)`` on level-0 pixels (resampled on a grid
-shared by all windows); choosing a closer pyramid level instead is not done yet.
-"""
+"""The driver of :func:`segment_image` (see :mod:`segpipe.infer`): metadata, statistics and
+tissue selection once per image, then pass 1, the stitching plan and pass 2 — in this
+process (:func:`_local`) or as Dask tasks (:func:`_distributed`)."""
 
 from __future__ import annotations
 
@@ -48,7 +9,6 @@ import operator
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,17 +16,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segpipe.errors import ConfigError
-from segpipe.regions import Partial, finalize, merge_partials, partial_stats
-from segpipe.stitch import CONNECTIVITY, BlockRecord, apply_relabel, plan, provisional_block
+from segpipe.infer._tasks import (
+    _cells_of,
+    _Job,
+    _merge_list,
+    _nth_partial,
+    _open_array,
+    _pass1,
+    _pass2,
+)
+from segpipe.regions import Partial, finalize, merge_partials
+from segpipe.stitch import plan
 from segpipe.tiling import BlockGrid
 
 if TYPE_CHECKING:
     from segpipe.ingest import ImageMeta
     from segpipe.models import Model
     from segpipe.normalize import ImageStats
-    from segpipe.predict import segment_array
 
-__all__ = ["SegmentResult", "segment_image", "segment_array", "default_halo", "STATS_SIDE"]
+__all__ = ["GPU_GROUP", "STATS_SIDE", "SegmentResult", "default_halo", "segment_image"]
 
 #: Long side (px) of the pyramid level used for normalisation statistics and the tissue mask.
 STATS_SIDE = 2048
@@ -74,14 +42,6 @@ STATS_SIDE = 2048
 GPU_GROUP = 4
 _TMP_PREFIX = "_segpipe_tmp_"
 _MERGE_FANIN = 16
-
-
-def __getattr__(name: str) -> Any:
-    if name == "segment_array":  # the in-memory path lives with the models (segpipe.predict)
-        from segpipe.predict import segment_array
-
-        return segment_array
-    raise AttributeError(f"module 'segpipe.infer' has no attribute {name!r}")
 
 
 @dataclass
@@ -132,30 +92,7 @@ class SegmentResult:
     tissue_area_px: int | None = None
 
 
-@dataclass(frozen=True)
-class _Job:
-    """Everything a block task needs, all small and picklable."""
 
-    image_url: str  # level-0 array
-    tmp_url: str  # provisional ids (pass 1); the labels array itself when the image is one block
-    labels_url: str  # level-0 array
-    classes_url: str | None
-    grid: BlockGrid
-    stats: ImageStats
-    modality: str
-    scale: float
-    semantic: bool
-    storage_options: dict[str, Any] | None
-    connectivity: int = CONNECTIVITY
-    predict_grid: str = "global"  # see segpipe.predict.predict_window
-    batch: int = 8  # tiles per model.predict call
-    device: str | None = None  # None: CUDA when the worker has it, else CPU
-    cell: int = 128  # side of the tissue cells (segpipe.predict.MASK_CELL)
-    context: int | None = None  # px predicted around masked rectangles (None: from the card)
-    edge: int = 0  # see _clear_edges
-    finish_threads: int = 2  # threads reading ahead and finishing blocks inside a pass-1 task
-    # arrays this process has open already, by URL (in-process runs only; empty when shipped)
-    opened: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 _POOL_ALIGN = 16  # down-sampling factor of the built-in U-Nets (and a divisor of chunk sizes)
@@ -172,194 +109,6 @@ def default_halo(card_halo: int, scale: float = 1.0) -> int:
     extra = 1 if scale == 1.0 else 3
     return max(2, math.ceil(card_halo / scale) + extra)
 
-
-# ----------------------------------------------------------------------------- tasks
-def _open_array(url: str, storage_options: dict[str, Any] | None, mode: str = "r") -> Any:
-    import zarr
-
-    from segpipe.io import zarr_store
-
-    store = zarr_store(url, storage_options, read_only=mode == "r")
-    return zarr.open_array(store=store, mode=mode, zarr_format=3)  # segpipe writes only v3
-
-
-def _write_block(url: str, storage_options: dict[str, Any] | None, y0: int, x0: int, data: np.ndarray,
-                 array: Any = None) -> None:
-    """Write ``data`` at ``(y0, x0)`` (a block's core, on the chunk grid) of the array at ``url``
-    (``array``: that array, already open for writing).
-
-    The label arrays skip chunks of background (``write_empty_chunks=False``), a check zarr
-    makes with a full comparison per chunk (~2 ms per megapixel of uint32). When every chunk
-    of ``data`` holds a label, the check is skipped: the same chunks are written.
-    """
-    if array is None:
-        array = _open_array(url, storage_options, "r+")
-    cy, cx = (int(c) for c in array.chunks)
-    if all(data[y : y + cy, x : x + cx].any() for y in range(0, data.shape[0], cy)
-           for x in range(0, data.shape[1], cx)):  # fmt: skip
-        array = array.with_config({"write_empty_chunks": True})
-    array[y0 : y0 + data.shape[0], x0 : x0 + data.shape[1]] = data
-
-
-def _read_window(job: _Job, block: tuple[int, int]) -> np.ndarray:
-    y0, x0, y1, x1 = job.grid.window(block)
-    return np.asarray(_open_array(job.image_url, job.storage_options)[:, y0:y1, x0:x1])
-
-
-def _window_mask(job: _Job, block: tuple[int, int], cells: np.ndarray | None) -> np.ndarray | None:
-    """The block window's pixel mask from its piece of the tissue-cell grid (None: all)."""
-    if cells is None or cells.all():
-        return None
-    wy0, wx0, wy1, wx1 = job.grid.window(block)
-    c = job.cell
-    full = np.repeat(np.repeat(cells, c, axis=0), c, axis=1)
-    dy, dx = wy0 - wy0 // c * c, wx0 - wx0 // c * c
-    return full[dy : dy + wy1 - wy0, dx : dx + wx1 - wx0]
-
-
-def _cells_of(
-    cells: np.ndarray | None, grid: BlockGrid, block: tuple[int, int], cell: int
-) -> np.ndarray | None:
-    """The cells of the image-wide tissue-cell grid that a block's window overlaps."""
-    if cells is None:
-        return None
-    wy0, wx0, wy1, wx1 = grid.window(block)
-    return np.ascontiguousarray(cells[wy0 // cell : -(-wy1 // cell), wx0 // cell : -(-wx1 // cell)])
-
-
-def _clear_edges(probs: np.ndarray, grid: BlockGrid, block: tuple[int, int], edge: int) -> None:
-    """Set the outer ``edge`` px of a window to background (probability 0), on the sides
-    inside the image: there the model saw padding instead of the image, so a pixel may be
-    foreground in the window and not in the whole image. Left in, such pixels can join two
-    objects of the core into one window label — a merge the whole image does not have
-    (found by ``test_pointwise_tiled_equals_whole_image_property``). With ``edge`` = the
-    model's radius every remaining pixel is exact, so the window's connected components
-    only join what the whole image joins. Binary models only (``edge`` is 0 otherwise)."""
-    if edge <= 0:
-        return
-    wy0, wx0, wy1, wx1 = grid.window(block)
-    if wy0 > 0:
-        probs[:, :edge] = 0
-    if wy1 < grid.shape[0]:
-        probs[:, -edge:] = 0
-    if wx0 > 0:
-        probs[:, :, :edge] = 0
-    if wx1 < grid.shape[1]:
-        probs[:, :, -edge:] = 0
-
-
-def _finish(
-    job: _Job, block: tuple[int, int], raw: np.ndarray, probs: np.ndarray, card: Any
-) -> tuple[BlockRecord, Partial]:
-    """Labels, provisional core ids (written to the temporary array), border record, partial."""
-    from segpipe.postprocess import to_labels
-
-    _clear_edges(probs, job.grid, block, job.edge)
-    seg = to_labels(probs, card)
-    del probs
-    grid = job.grid
-    wy0, wx0, _, _ = grid.window(block)
-    classes = seg.classes if job.semantic else None
-    core_ids, record, window_ids = provisional_block(
-        seg.labels, grid, block, classes, job.connectivity
-    )
-    y0, x0, y1, x1 = grid.core(block)
-    core = grid.core_in_window(block)
-    if record.count:
-        _write_block(job.tmp_url, job.storage_options, y0, x0, core_ids, job.opened.get(job.tmp_url))
-        if job.classes_url is not None and seg.classes is not None:
-            _write_block(job.classes_url, job.storage_options, y0, x0, seg.classes[core].astype(np.uint8),
-                         job.opened.get(job.classes_url))
-    part = partial_stats(seg.labels, raw, (wy0, wx0), seg.classes, core=core)
-    provisional = np.searchsorted(window_ids, part.label).astype(np.uint32) + 1
-    return record, part.relabel(provisional)
-
-
-class _InlineExecutor:
-    """A ``ThreadPoolExecutor`` stand-in that runs each call at once in the caller's thread."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __enter__(self) -> _InlineExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
-        fut: Future[Any] = Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - delivered through the future, as a pool does
-            fut.set_exception(exc)
-        return fut
-
-
-def _pass1(
-    job: _Job,
-    blocks: Sequence[tuple[int, int]],
-    model: Any,
-    tick: Callable[[], None] | None = None,
-    cells: Sequence[np.ndarray | None] | None = None,
-    known: dict[tuple[int, int], np.ndarray] | None = None,
-) -> tuple[list[BlockRecord], list[Partial]]:
-    """Pass 1 of consecutive blocks as a pipeline: the next windows are read and the
-    previous ones finished (post-processing, stitch records, statistics, writes) on two
-    threads while this thread runs the model, so I/O and CPU work overlap the (GPU)
-    prediction. ``cells[i]``: block ``i``'s piece of the tissue-cell grid (None: all).
-    ``known``: windows already in memory (e.g. a one-block image's level 0), not read again."""
-    from segpipe import _malloc
-    from segpipe.models import load_model
-    from segpipe.predict import window_probabilities
-
-    model = load_model(model, device=job.device)  # cached: once per worker process
-    out: list[tuple[BlockRecord, Partial]] = []
-    ahead = max(2, job.finish_threads)  # windows read ahead = finishes in flight
-    known = known or {}
-
-    def read(block: tuple[int, int]) -> np.ndarray:
-        return known[block] if block in known else _read_window(job, block)
-
-    # one block has nothing to overlap: no threads to start and hand the work between
-    executor = ThreadPoolExecutor if len(blocks) > 1 else _InlineExecutor
-    with _malloc.raised(), executor(max_workers=job.finish_threads) as pool:
-        reads = [pool.submit(read, b) for b in blocks[:2]]
-        finishing = []
-        for i, block in enumerate(blocks):
-            raw = reads[i].result()
-            if i + 2 < len(blocks):
-                reads.append(pool.submit(read, blocks[i + 2]))
-            wy0, wx0, _, _ = job.grid.window(block)
-            mask = _window_mask(job, block, None if cells is None else cells[i])
-            probs = window_probabilities(
-                model, raw, job.stats, (wy0, wx0), job.modality, job.scale,
-                batch=job.batch, grid=job.predict_grid, mask=mask, context=job.context,
-                cell=job.cell,
-            )  # fmt: skip
-            finishing.append(pool.submit(_finish, job, block, raw, probs, model.card))
-            del probs
-            reads[i] = None  # type: ignore[call-overload]  # free the window
-            while finishing and (finishing[0].done() or len(finishing) > ahead):  # bounded memory
-                out.append(finishing.pop(0).result())
-                if tick is not None:
-                    tick()
-        for f in finishing:
-            out.append(f.result())
-            if tick is not None:
-                tick()
-    return [r for r, _ in out], [p for _, p in out]
-
-
-def _pass2(
-    job: _Job, block: tuple[int, int], offset: int, remap: dict[int, int], part: Partial
-) -> Partial:
-    """Write final ids of one block; return its partial under final ids."""
-    y0, x0, y1, x1 = job.grid.core(block)
-    provisional = _open_array(job.tmp_url, job.storage_options)[y0:y1, x0:x1]
-    final = apply_relabel(provisional, offset, remap)
-    _write_block(job.labels_url, job.storage_options, y0, x0, final)
-    return part.relabel(apply_relabel(part.label, offset, remap))
 
 
 # ---------------------------------------------------------------------------- driver
@@ -709,11 +458,3 @@ def _distributed(
     merged = second[0].result() if second else Partial.empty(_n_channels(job))
     del first, parts
     return merged, {"pass1": t1 - t0, "plan": t2 - t1, "pass2": time.perf_counter() - t2}
-
-
-def _nth_partial(result: tuple[list[BlockRecord], list[Partial]], i: int) -> Partial:
-    return result[1][i]
-
-
-def _merge_list(*parts: Partial) -> Partial:
-    return merge_partials(list(parts))
