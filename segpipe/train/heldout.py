@@ -179,10 +179,12 @@ def _size_table(counts: np.ndarray, edges: tuple[float, ...] = SIZE_EDGES) -> di
 
 
 def heldout_nuclei(models: list[str], n: int = 20, shape: int = 384,
-                   by_size: bool = False) -> dict[str, dict[str, Any]]:
+                   by_size: bool = False, seed: int = HELDOUT_SEED) -> dict[str, dict[str, Any]]:
     """Pooled instance metrics of each model on :func:`nuclei_heldout_set` (no pixel size:
     the images go in as they are, as a file without a pixel size would); with ``by_size``
-    also AP@0.5 per equivalent-diameter bin (:func:`size_binned_counts`)."""
+    also AP@0.5 per equivalent-diameter bin (:func:`size_binned_counts`). Another ``seed``
+    than :data:`HELDOUT_SEED` draws a second set of the same kind, e.g. to choose between
+    models without looking at the test set."""
     import torch
 
     from segpipe.models import load_model
@@ -190,7 +192,7 @@ def heldout_nuclei(models: list[str], n: int = 20, shape: int = 384,
     from segpipe.predict import segment_array
 
     torch.set_num_threads(1)
-    data = nuclei_heldout_set(n, shape)
+    data = nuclei_heldout_set(n, shape, seed)
     result: dict[str, dict[str, Any]] = {}
     for name in models:
         model = load_model(name, device="cpu")
@@ -218,8 +220,10 @@ def heldout_nuclei(models: list[str], n: int = 20, shape: int = 384,
     return result
 
 
-def heldout_defects(models: list[str], n: int = 12, shape: int = 384) -> dict[str, dict[str, float]]:
-    """Per-class IoU (pooled confusion matrix) of each semantic model on :func:`defects_heldout_set`."""
+def heldout_defects(models: list[str], n: int = 12, shape: int = 384,
+                    seed: int = HELDOUT_SEED) -> dict[str, dict[str, float]]:
+    """Per-class IoU (pooled confusion matrix) of each semantic model on :func:`defects_heldout_set`
+    (``seed``: as for :func:`heldout_nuclei`)."""
     import torch
 
     from segpipe.models import load_model
@@ -227,7 +231,7 @@ def heldout_defects(models: list[str], n: int = 12, shape: int = 384) -> dict[st
     from segpipe.predict import predict_window
 
     torch.set_num_threads(1)
-    data = defects_heldout_set(n, shape)
+    data = defects_heldout_set(n, shape, seed)
     result = {}
     for name in models:
         model = load_model(name, device="cpu")
@@ -252,13 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=None, help="number of held-out images")
     p.add_argument("--json", default=None, help="also write the metrics to this file")
     p.add_argument("--by-size", action="store_true", help="nuclei: also AP@0.5 per object-size bin")
+    p.add_argument("--seed", type=int, default=HELDOUT_SEED,
+                   help=f"seed of the nuclei / defects images (default {HELDOUT_SEED}, the test set; "
+                        "another one draws a selection set)")  # fmt: skip
     args = p.parse_args(argv)
     if args.kind == "nuclei":
-        res: dict[str, Any] = heldout_nuclei(args.models, n=args.n or 20, by_size=args.by_size)
+        res: dict[str, Any] = heldout_nuclei(args.models, n=args.n or 20, by_size=args.by_size, seed=args.seed)
     elif args.kind == "discs":
         res = heldout_discs(args.models, n=args.n or 120)
     else:
-        res = heldout_defects(args.models, n=args.n or 12)
+        res = heldout_defects(args.models, n=args.n or 12, seed=args.seed)
     text = json.dumps(res, indent=2)
     print(text)
     if args.json:
