@@ -185,3 +185,16 @@ def test_missing_source_fails_fast(tmp_path):
     res = segpipe("run", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))
     assert res.returncode == 1 and "does not exist" in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_unreachable_cluster_is_one_line_before_the_flow(tmp_path):
+    """The cluster start is awaited before the flow runs: no Prefect traceback, and no
+    temporary API server left behind."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    tifffile.imwrite(archive / "one.tif", np.zeros((64, 64), np.uint8))
+    res = segpipe("run", str(archive), "--out", str(tmp_path / "results"), "--model", "classical",
+                  "--cluster", "tcp://127.0.0.1:1")  # fmt: skip
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]
+    assert res.stderr.startswith("error: cannot reach the Dask scheduler") and "Traceback" not in res.stderr

@@ -137,7 +137,7 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
         cluster: Any = prestart_client(cfg, warm_model=ref.load_name, device=device)
         if plan is not None and not plan.to_run:  # the no-op run lost a race: no cluster needed
             cluster = contextlib.nullcontext()
-        with cluster:
+        with cluster as cluster_ready:
             if not checked:
                 # A bad weights file or an unwritable RESULTS is one line here, not a Prefect traceback.
                 resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
@@ -147,6 +147,8 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
             from flows._server import api_settings
             from segpipe.cli._progress import LineReporter, RichReporter, make_reporter
 
+            if cluster_ready is not None:  # an unreachable --cluster is one line here, not a flow traceback
+                cluster_ready()
             server = await_api_server(spawned)  # None: a configured API, or Prefect's own server
             reporter = make_reporter()
             set_reporter(reporter)

@@ -8,7 +8,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -144,17 +144,20 @@ def warm_worker(model: str, device: str | None) -> bool:
 
 @contextlib.contextmanager
 def prestart_client(config: SegpipeConfig, warm_model: str | None = None,
-                    device: str | None = None) -> Iterator[None]:
+                    device: str | None = None) -> Iterator[Callable[[], Any]]:
     """Start the run's Dask cluster on a thread now; :func:`open_client` in this process uses it.
 
     ``segpipe run`` wraps the flow in this so that the cluster (and, with ``warm_model``,
     the model on every worker) starts while Prefect's API server does. The cluster stops
-    on exit. A start-up failure surfaces in :func:`open_client`, as it would have there.
+    on exit. Yields ``ready()``, which waits for the start and returns the client, or
+    raises what the start raised (e.g. the one-line ``ConfigError`` of an unreachable
+    scheduler), so that the caller can report it before the flow runs; otherwise a start-up
+    failure surfaces in :func:`open_client`, as it would have there.
     """
     pre = _Prestarted(config, warm_model, device)
     _PRESTARTED.append(pre)
     try:
-        yield
+        yield pre.future.result
     finally:
         _PRESTARTED.remove(pre)
         pre.close()
