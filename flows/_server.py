@@ -28,7 +28,7 @@ from pathlib import Path
 
 from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
 
-__all__ = ["TemporaryServer", "api_settings", "await_api_server", "boot_api_server", "spawn_api_server"]
+__all__ = ["TemporaryServer", "api_settings", "await_api_server", "spawn_api_server"]
 
 #: The environment Prefect gives its ephemeral server (no UI, ephemeral services).
 _SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
@@ -169,11 +169,6 @@ def await_api_server(server: TemporaryServer | None) -> TemporaryServer | None:
     except Exception:  # reported by the flow call, which starts Prefect's own server
         server.stop()
         return None
-
-
-def boot_api_server() -> TemporaryServer | None:
-    """:func:`spawn_api_server` and :func:`await_api_server` in one call."""
-    return await_api_server(spawn_api_server())
 
 
 @contextlib.contextmanager

@@ -122,7 +122,7 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
     # Prefect's API server boots (a subprocess) while the model is checked, the Dask cluster
     # (with the model on its workers) starts and Prefect is imported here; the flow waits for
     # it only when it is about to run. (flows._server imports neither Prefect nor the flows.)
-    from flows._server import await_api_server, spawn_api_server
+    from flows._server import api_settings, await_api_server, spawn_api_server
 
     spawned = spawn_api_server()  # None: PREFECT_API_URL is set
     try:
@@ -144,7 +144,6 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
                 tables.init_results(results)
             # Prefect's flow machinery is imported while the API server boots
             from flows import archive_run, set_reporter
-            from flows._server import api_settings
             from segpipe.cli._progress import LineReporter, RichReporter, make_reporter
 
             if cluster_ready is not None:  # an unreachable --cluster is one line here, not a flow traceback

@@ -13,7 +13,6 @@ from flows._server import (
     TemporaryServer,
     api_settings,
     await_api_server,
-    boot_api_server,
     spawn_api_server,
 )
 
@@ -43,7 +42,7 @@ def test_temporary_server_runs_a_flow_and_stops() -> None:
 
 def test_no_temporary_server_when_an_api_is_configured() -> None:
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        assert boot_api_server() is None
+        assert await_api_server(spawn_api_server()) is None
     with api_settings(None):  # nothing booted: the settings stay as they are
         assert PREFECT_API_URL.value() == PREFECT_API_URL.value()
 
