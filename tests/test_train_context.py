@@ -66,6 +66,25 @@ def test_cli_parses_list_options() -> None:
         parse_args(["--preset", "defects", "--out", "d", "--context", "3,x"])
 
 
+def test_cli_reaches_every_training_option_with_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    for name, field in TrainConfig.model_fields.items():
+        if name == "command":
+            continue  # recorded from the command line itself
+        flag = ("--no-" if field.default is True else "--") + name.replace("_", "-")
+        assert flag in text, flag
+    assert "(default onecycle)" in text and "turn off augmentation" in text
+    cfg = parse_args(["--preset", "nuclei", "--out", "n", "--widths", "8,16,32", "--scale-range", "0.5,2",
+                      "--no-augment", "--schedule", "cosine", "--loader-threads", "2", "--no-amp"])
+    assert cfg.widths == [8, 16, 32] and cfg.scale_range == (0.5, 2.0) and cfg.schedule == "cosine"
+    assert not cfg.augment and not cfg.amp and cfg.loader_threads == 2
+    assert cfg.stain_jitter and cfg.steps == 3000  # the recipe's values stay where no option is given
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "n", "--data", "synthetic:nuclei", "--schedule", "linear"])
+
+
 def test_select_miou_scores_background_too(tmp_path: Path) -> None:
     from segpipe.train import train
 

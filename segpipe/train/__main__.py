@@ -13,48 +13,87 @@ import argparse
 import json
 import shlex
 import sys
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic_core import PydanticUndefined
 
 from segpipe.errors import ConfigError, SegpipeError
 from segpipe.train._config import PRESETS, TrainConfig, preset_config
 from segpipe.train._loop import train
 
-_OPTIONS: dict[str, type] = {
-    "name": str, "data": str, "val_data": str, "masks": str, "task": str, "label_name": str,
-    "channel_mode": str, "mpp": float, "preset": str, "crop": int, "batch_size": int,
-    "steps": int, "epoch_steps": int, "lr": float, "boundary": str, "seed": int, "device": str,
-    "patience": int, "threads": int, "pool": int, "val_images": int, "checkpoint": str,
-    "init": str, "balance": str, "balanced": float, "intensity": str, "synthetic_shape": int,
-    "context_truncate": float, "select": str,
-}
-#: options given as comma-separated lists of numbers
-_LISTS: tuple[str, ...] = ("context", "class_weights")
+#: fields the parser handles itself (or that the command sets)
+_SPECIAL = ("out", "classes", "command", "preset")
+
+
+def _kind(annotation: Any) -> tuple[Any, tuple[Any, ...]]:
+    """(base type, Literal choices) of a field's annotation, ``X | None`` unwrapped."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        annotation = args[0]
+    if get_origin(annotation) is Literal:
+        return str, get_args(annotation)
+    return annotation, ()
+
+
+def _add_field(p: argparse.ArgumentParser, name: str) -> None:
+    field = TrainConfig.model_fields[name]
+    flag = "--" + name.replace("_", "-")
+    text = field.description or ""
+    default = field.default
+    base, choices = _kind(field.annotation)
+    if base is bool:
+        if default:
+            p.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_false", default=None,
+                           help=f"turn off {text}")
+        else:
+            p.add_argument(flag, dest=name, action="store_true", default=None, help=text)
+        return
+    if default is not None and default is not PydanticUndefined:
+        shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
+        text = f"{text} (default {shown})" if text else f"default {shown}"
+    if get_origin(base) in (list, tuple):
+        p.add_argument(flag, dest=name, default=None, metavar="A,B,...", help=f"{text}; comma-separated")
+    elif choices:
+        p.add_argument(flag, dest=name, default=None, choices=choices, help=text)
+    else:
+        typ = base if base in (int, float) else str
+        p.add_argument(flag, dest=name, type=typ, default=None, help=text)
+
+
+def _numbers(name: str, value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r}: give comma-separated numbers") from None
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """A :class:`TrainConfig` from command-line arguments."""
-    p = argparse.ArgumentParser(prog="python -m segpipe.train", description="Train a segpipe U-Net.")
+    """A :class:`TrainConfig` from command-line arguments (every field of it is an option)."""
+    p = argparse.ArgumentParser(
+        prog="python -m segpipe.train",
+        description="Train a segpipe U-Net and write its weights and model card.",
+        epilog="A recipe (--preset nuclei or defects; segpipe.train.PRESETS) sets its own values "
+        "for many options; options given on the command line override them. "
+        "The shipped weights' commands are in docs/models.md.",
+    )
     p.add_argument("--recipe", "--builtin", dest="recipe", choices=sorted(PRESETS),
-                   help="start from a built-in recipe (nuclei, defects)")
+                   help="start from a built-in recipe (same as --preset nuclei / defects)")
+    p.add_argument("--preset", dest="preset", default=None,
+                   choices=sorted(PRESETS) + list(_kind(TrainConfig.model_fields["preset"].annotation)[1]),
+                   help="a built-in recipe (nuclei, defects) or a U-Net size (tiny, light, classic; default light)")
     p.add_argument("--out", required=True, help="weights path (the card is written beside it)")
-    for name, typ in _OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
-    for name in _LISTS:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                       help="comma-separated numbers")
     p.add_argument("--classes", default=None, help="comma-separated class names, background first")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    for name in TrainConfig.model_fields:
+        if name not in _SPECIAL:
+            _add_field(p, name)
     p.add_argument("--tune-only", action="store_true",
                    help="only re-tune the post-processing of the model saved at --out on the validation set")
     args = p.parse_args(argv)
     over: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None and k not in ("recipe", "tune_only")}
-    for name in _LISTS:
-        if name in over:
-            try:
-                over[name] = [float(v) for v in str(over[name]).split(",") if v.strip()]
-            except ValueError:
-                raise ConfigError(f"--{name.replace('_', '-')} {over[name]!r}: give comma-separated numbers") from None
+    for name, value in list(over.items()):
+        if name in TrainConfig.model_fields and get_origin(_kind(TrainConfig.model_fields[name].annotation)[0]) in (list, tuple):
+            over[name] = _numbers(name, str(value))
     if args.classes:
         over["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     # `--preset nuclei` names a recipe; `--preset light` a U-Net size

@@ -29,11 +29,16 @@ class TrainConfig(BaseModel):
     val_data: str | None = Field(None, description="validation data; default: split off `data`")
     masks: str | None = Field(None, description="mask tree mirroring data: <relpath>.labels.tif")
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of images held out")
-    task: Literal["instance", "semantic"] = "instance"
+    task: Literal["instance", "semantic"] = Field(
+        "instance", description="instance: objects (background / interior / boundary); semantic: a class per pixel"
+    )
     classes: list[str] | None = Field(None, description="class names, [0] = background")
     label_name: str | None = Field(None, description="OME-Zarr labels/<name> to train on")
-    channel_mode: Literal["grey", "rgb", "nuclear"] = "grey"
-    mpp: float | None = Field(None, gt=0.0, description="model input µm/px; None = any")
+    channel_mode: Literal["grey", "rgb", "nuclear"] = Field(
+        "grey", description="network input: grey (1 channel), rgb (3), nuclear (the nuclear stain of H&E or the "
+        "first fluorescence channel)"
+    )
+    mpp: float | None = Field(None, gt=0.0, description="model input µm/px (default: any, no resampling)")
     preset: Literal["tiny", "light", "classic"] = Field("light", description="U-Net preset")
     widths: list[int] | None = Field(
         None, description="U-Net feature widths per level (last = bottleneck); overrides preset"
@@ -43,17 +48,17 @@ class TrainConfig(BaseModel):
     )
     context_truncate: float = Field(3.0, ge=1.0, le=4.0, description="context blur radius in sigmas")
     crop: int = Field(160, ge=32, le=1024, description="training crop size (multiple of 16)")
-    batch_size: int = Field(8, ge=1, le=512)
+    batch_size: int = Field(8, ge=1, le=512, description="crops per optimizer step")
     steps: int = Field(2000, ge=1, description="optimizer steps in total")
     epoch_steps: int = Field(100, ge=1, description="steps between validations / checkpoints")
-    lr: float = Field(3e-3, gt=0.0, le=1.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    lr: float = Field(3e-3, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
+    schedule: Literal["onecycle", "cosine"] = Field("onecycle", description="learning-rate schedule")
     dice_weight: float = Field(1.0, ge=0.0, description="weight of the soft Dice loss")
-    class_weights: list[float] | None = Field(None, description="CE weights; None = from data")
+    class_weights: list[float] | None = Field(None, description="cross-entropy weight per class (default: from the data)")
     boundary: Literal["inner", "thick"] = Field("inner", description="boundary target width")
     scale_range: tuple[float, float] = Field((0.7, 1.4), description="zoom augmentation range")
-    augment: bool = True
+    augment: bool = Field(True, description="augmentation (flips, 90° rotations, zoom, elastic, intensity)")
     intensity: Literal["strong", "mild"] = Field(
         "strong",
         description="intensity augmentation: 'strong' (contrast x0.4-1.6, noise up to 0.12) or "
@@ -76,7 +81,7 @@ class TrainConfig(BaseModel):
         "foreground classes, or of all classes (background too: penalises flooding a class)",
     )
     patience: int = Field(6, ge=1, description="epochs without improvement before stopping")
-    seed: int = 0
+    seed: int = Field(0, description="seed of weights, batches and synthetic data (same seed, same run)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
     amp: bool = Field(True, description="bf16 autocast on CUDA")
     threads: int = Field(1, ge=1, description="torch CPU threads")
@@ -91,9 +96,9 @@ class TrainConfig(BaseModel):
     stop_after: int | None = Field(
         None, ge=1, description="leave after this many steps in this call (checkpointed; finish with resume)"
     )
-    tune_postprocess: bool = Field(True, description="instance: pick thresholds on validation")
+    tune_postprocess: bool = Field(True, description="tuning the post-processing thresholds on the validation set (instance models)")
     command: str | None = Field(None, description="command line recorded in the card")
-    progress: bool = True
+    progress: bool = Field(True, description="the progress bar with loss and metrics")
 
     def __init__(self, **data: Any) -> None:
         try:
