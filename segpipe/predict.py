@@ -37,8 +37,10 @@ from segpipe.tiling import cover_cells
 
 __all__ = [
     "as_channel_first",
+    "default_grid",
     "guess_modality",
     "mask_context",
+    "model_scale",
     "predict_window",
     "segment_array",
     "segment_window",
@@ -51,6 +53,46 @@ __all__ = [
 
 WINDOW_MAX_SIDE = 2304
 """Longest window side predicted in one forward pass by ``grid="window"``."""
+
+def default_grid(card: ModelCard) -> str:
+    """The tile placement the pipeline predicts a model's windows with.
+
+    ``"window"`` (one forward pass per window, see :func:`predict_window`) for learned
+    networks: the global tile grid would cost up to 4x the work for the halo strips.
+    ``"global"`` for the classical model, whose tiles on the global grid make every window
+    bit-identical to the whole image.
+
+    Examples
+    --------
+    >>> from segpipe.models import BUILTIN_CARDS
+    >>> default_grid(BUILTIN_CARDS["classical"]), default_grid(BUILTIN_CARDS["nuclei"])
+    ('global', 'window')
+    """
+    return "global" if card.architecture.get("type") == "classical" else "window"
+
+
+#: Pixel sizes within this relative difference of the model's are not resampled.
+SCALE_TOLERANCE = 0.1
+
+
+def model_scale(mpp: float | None, card: ModelCard) -> float:
+    """Model pixels per image pixel for an image of ``mpp`` µm/px: ``mpp / card.mpp``.
+
+    1 (no resampling) when either pixel size is unknown, or when they differ by at most
+    :data:`SCALE_TOLERANCE` (10 %): a resampling would cost more than such a difference
+    changes the objects' size. The pipeline and :func:`segment_array` both use this.
+
+    Examples
+    --------
+    >>> from segpipe.models import BUILTIN_CARDS
+    >>> card = BUILTIN_CARDS["nuclei"]  # 0.5 µm/px
+    >>> model_scale(0.25, card), model_scale(0.52, card), model_scale(None, card)
+    (0.5, 1.0, 1.0)
+    """
+    if not mpp or not card.mpp or abs(mpp / card.mpp - 1.0) <= SCALE_TOLERANCE:
+        return 1.0
+    return float(mpp / card.mpp)
+
 
 MASK_CELL = 128
 """Side (px) of the image-anchored cells a ``mask`` selects for prediction (a multiple of the
@@ -413,6 +455,11 @@ def segment_array(
 ) -> np.ndarray:
     """Segment one in-memory image; the reference the tiled pipeline is tested against.
 
+    The whole image is one window, predicted as the pipeline predicts its windows
+    (:func:`default_grid`): a learned network in one forward pass up to
+    :data:`WINDOW_MAX_SIDE` px a side (on the global tile grid beyond), the classical
+    model on the global tile grid. So the pipeline's labels of an image equal these.
+
     Parameters
     ----------
     image : (Y, X), (Y, X, C) with C ≤ 4, or (C, Y, X) ndarray
@@ -420,7 +467,7 @@ def segment_array(
         A built-in name, a weights file with its card, or a loaded :class:`~segpipe.models.Model`.
     mpp : float, optional
         The image's pixel size (µm/px); with the card's ``mpp`` it sets the resampling
-        scale. ``None`` (or a model without ``mpp``): no resampling.
+        scale (:func:`model_scale`). ``None`` (or a model without ``mpp``): no resampling.
     modality : {"brightfield", "fluorescence", "grey"}, optional
         Default: guessed like the readers do (:func:`guess_modality`).
     stats : ImageStats, optional
@@ -447,5 +494,5 @@ def segment_array(
         stats = stats_from_image(img, m.card, modality)
     if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
         raise ConfigError(f"segment_array: mpp={mpp} must be a positive number of µm per pixel")
-    scale = mpp / m.card.mpp if (mpp is not None and m.card.mpp is not None) else 1.0
-    return segment_window(m, img, stats, (0, 0), modality, scale).labels
+    scale = model_scale(mpp, m.card)
+    return segment_window(m, img, stats, (0, 0), modality, scale, grid=default_grid(m.card)).labels

@@ -25,7 +25,7 @@ import zarr
 from segpipe.infer import SegmentResult, segment_image
 from segpipe.ingest import IngestSpec, ingest_image, read_meta
 from segpipe.io import zarr_store
-from segpipe.predict import segment_window
+from segpipe.predict import segment_array, segment_window
 from segpipe.tiling import BlockGrid
 
 CHUNK = 128
@@ -392,12 +392,10 @@ def test_learned_nuclei_model_when_its_weights_exist(slide) -> None:
     url, _ = slide
     result = segment_image(url, "nuclei", label_name="nuclei-test", blocks="all")
     image = read_image(url)
-    # the engine predicts a learned model's windows in one pass each (grid="window"): the
-    # reference is the whole image in one pass. (The global tile grid, segment_window's
-    # default, is itself tiled with the card's smaller halo: with the 2026-11-26 weights it
-    # differs from one pass by one 43-px object at a tile edge.)
-    whole = segment_window("nuclei", image, result.stats, (0, 0), read_meta(url).modality,
-                           result.scale, grid="window").labels  # fmt: skip
+    # the engine predicts a learned model's windows in one pass each, and segment_array the
+    # whole image in one pass, with the same scale rule: the in-memory API is the reference
+    meta = read_meta(url)
+    whole = segment_array(image, "nuclei", mpp=meta.mpp, modality=meta.modality, stats=result.stats)
     tiled = read_labels(url, "nuclei-test")
     # U-Net windows equal the whole image to float tolerance (segpipe.predict), so a
     # probability exactly at a threshold may flip a pixel; objects must otherwise agree

@@ -181,6 +181,19 @@ def test_segment_array_resamples_to_the_model_resolution() -> None:
         segment_array(big, model, mpp=-1.0)
 
 
+def test_segment_array_predicts_like_the_pipeline() -> None:
+    """Learned models in one pass (the engine's windows), near-equal pixel sizes unresampled."""
+    model = tiny_model("instance", seed=3)
+    img = blobs((200, 232), n=12, seed=5)
+    stats = stats_from_image(img[None], model.card, "grey")
+    one_pass = P.segment_window(model, img[None], stats, (0, 0), "grey", grid="window").labels
+    np.testing.assert_array_equal(segment_array(img, model, modality="grey", stats=stats), one_pass)
+    scaled = mpp_model(0.5)
+    assert P.model_scale(0.54, scaled.card) == 1.0 and P.model_scale(0.56, scaled.card) == pytest.approx(1.12)
+    np.testing.assert_array_equal(segment_array(img, scaled, mpp=0.54), segment_array(img, scaled))
+    assert P.default_grid(CLASSICAL.card) == "global" and P.default_grid(model.card) == "window"
+
+
 def test_scaled_windows_agree_with_the_whole_image() -> None:
     model = mpp_model(0.5)
     img = blobs((200, 240), n=15, seed=4)[None]

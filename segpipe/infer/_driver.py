@@ -228,7 +228,7 @@ def segment_image(
     from segpipe.labels import create_label_array, finalize_labels
     from segpipe.models import Model, load_model
     from segpipe.normalize import image_stats
-    from segpipe.predict import MASK_CELL, mask_context
+    from segpipe.predict import MASK_CELL, default_grid, mask_context, model_scale
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -240,16 +240,12 @@ def segment_image(
         loaded = load_model(model, device=None if client is None else "cpu")
     card = loaded.card
     name = label_name or card.name
-    scale = 1.0
-    if meta.mpp and card.mpp and abs(meta.mpp / card.mpp - 1.0) > 0.1:
-        scale = float(meta.mpp / card.mpp)
-    # Learned networks predict each window in one pass (predict_window(grid="window")):
-    # the global tile grid would cost up to 4x the work for the halo strips. Their pooling
-    # grid then follows the window origin, so the halo is aligned to 16 px (chunk origins
-    # are multiples of 16) to keep windows and the whole image on the same pooling grid.
-    # The classical model keeps the global grid: bit-identical to the whole image.
-    learned = card.architecture.get("type") != "classical"
-    predict_grid = "window" if learned else "global"
+    scale = model_scale(meta.mpp, card)
+    # Learned networks predict each window in one pass (default_grid). Their pooling grid
+    # then follows the window origin, so the halo is aligned to 16 px (chunk origins are
+    # multiples of 16) to keep windows and the whole image on the same pooling grid.
+    predict_grid = default_grid(card)
+    learned = predict_grid == "window"
     if halo is None:
         halo = default_halo(card.halo, scale)
         if learned and scale == 1.0:

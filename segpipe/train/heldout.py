@@ -228,7 +228,7 @@ def heldout_defects(models: list[str], n: int = 12, shape: int = 384,
 
     from segpipe.models import load_model
     from segpipe.normalize import prepare, stats_from_image
-    from segpipe.predict import predict_window
+    from segpipe.predict import default_grid, predict_window
 
     torch.set_num_threads(1)
     data = defects_heldout_set(n, shape, seed)
@@ -239,7 +239,7 @@ def heldout_defects(models: list[str], n: int = 12, shape: int = 384,
         cm = np.zeros((k, k), np.int64)
         for image, truth in data:
             stats = stats_from_image(image, model.card, "grey")
-            probs = predict_window(model, prepare(image, stats, model.card, "grey"))
+            probs = predict_window(model, prepare(image, stats, model.card, "grey"), grid=default_grid(model.card))
             cm += confusion_matrix(truth, probs.argmax(0), k)
         iou = iou_per_class(cm)
         result[name] = {f"iou_{c}": float(v) for c, v in zip(model.card.classes, iou, strict=True)}
