@@ -198,3 +198,20 @@ def test_unreachable_cluster_is_one_line_before_the_flow(tmp_path):
     assert res.returncode == 1, res.stderr[-2000:]
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]
     assert res.stderr.startswith("error: cannot reach the Dask scheduler") and "Traceback" not in res.stderr
+
+
+def test_a_failed_image_is_reported_once_with_its_error(tmp_path):
+    """The CLI prints each image's outcome itself: the failure's one-line error shows in the
+    image's progress line and in the summary, not also as Prefect task logs."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    tifffile.imwrite(archive / "good.tif", np.full((96, 96), 30, np.uint8))
+    (archive / "broken.tif").write_bytes(b"not a tiff at all")
+    res = segpipe("run", str(archive), "--out", str(tmp_path / "results"), "--model", "classical")
+    text = res.stdout + res.stderr
+    assert res.returncode == 1, text[-2000:]  # an image failed
+    assert "1 done" in res.stdout and "1 failed" in res.stdout
+    error = "broken.tif: not a supported image"
+    assert text.count(error) == 2, text  # the progress line and the summary
+    assert "Task run" not in text and "Traceback" not in text
+

@@ -8,6 +8,7 @@ red line on stderr and exit status 1 (2 for usage errors), never a traceback.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from enum import Enum
@@ -71,15 +72,34 @@ IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only im
 ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Leave out images matching this glob (repeatable).")]
 
 
-def _prefect_quiet(verbose: bool) -> None:
-    import logging
+class _PrintedOutcomes(logging.Filter):
+    """Drops the log records of a failed image: the CLI prints every image's outcome itself,
+    with its one-line error, so the same error does not also come three more times (Prefect's
+    failed stage task, the image task, and the pipeline's own log). Other errors pass."""
 
+    #: Prefect tasks whose errors are one image's failure (flows.image: the per-image task and
+    #: its stages, each named after the stage)
+    IMAGE_TASKS = ("segment-image", "ingest", "segment", "publish")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from segpipe.pipeline import IMAGE_FAILURE
+
+        if hasattr(record, IMAGE_FAILURE):
+            return False
+        return not (record.levelno >= logging.ERROR and getattr(record, "task_name", None) in self.IMAGE_TASKS)
+
+
+def _prefect_quiet(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         for name in ("distributed", "prefect", "segpipe"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        for name in ("prefect.task_runs", "segpipe.pipeline"):  # logger filters see their own records only
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _PrintedOutcomes) for f in logger.filters):
+                logger.addFilter(_PrintedOutcomes())
 
 
 def _overrides(**values: Any) -> dict[str, Any]:

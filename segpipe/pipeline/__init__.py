@@ -33,6 +33,7 @@ from segpipe.pipeline._run import (
 )
 from segpipe.pipeline._stages import (
     FALLBACK_MODEL,
+    IMAGE_FAILURE,
     LABELS_NAME,
     ImageOutcome,
     ModelRef,
@@ -57,6 +58,7 @@ __all__ = [
     "ImageOutcome",
     "FALLBACK_MODEL",
     "FAST_MAX_BLOCKS",
+    "IMAGE_FAILURE",
     "LABELS_NAME",
     "ModelRef",
     "Progress",

@@ -48,6 +48,10 @@ __all__ = [
 
 log = logging.getLogger("segpipe.pipeline")
 
+#: Attribute of the log record of an image that failed (its id): the CLI, which prints every
+#: image's outcome itself, filters these records out of its console.
+IMAGE_FAILURE = "segpipe_failed_image"
+
 #: Name of the label image inside ``RESULTS/images/<image_id>.ome.zarr/labels/``.
 LABELS_NAME = "segmentation"
 
@@ -307,7 +311,7 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
     except Exception as exc:  # the image fails alone
         error = one_line(exc)
         seconds = time.perf_counter() - t0
-        log.error("%s: failed: %s", image_id, error)
+        log.error("%s: failed: %s", image_id, error, extra={IMAGE_FAILURE: image_id})
         failed = {**row, "status": "failed", "error": error, "finished_at": datetime.now(timezone.utc),
                   "duration_s": seconds, "timings": timings}
         try:
