@@ -247,7 +247,7 @@ def test_fast_path_equals_normal_path(archive, tmp_path, cfg, dask_client):
     ra = pq.read_table(f"{normal}/tables/regions/a/run-1.parquet").drop(["run_id"])
     rb = pq.read_table(f"{fast}/tables/regions/a/run-2.parquet").drop(["run_id"])
     assert ra.schema == rb.schema and ra.num_rows == rb.num_rows
-    for name in ra.column_names:  # NaN (area_um2 without µm/px) equals NaN here
+    for name in ra.column_names:  # null (area_um2 without µm/px) reads as NaN here, equal to NaN
         np.testing.assert_array_equal(np.asarray(ra.column(name).to_pylist(), dtype=float)
                                       if pa.types.is_floating(ra.schema.field(name).type)
                                       else np.asarray(ra.column(name).to_pylist(), dtype=object),

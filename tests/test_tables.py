@@ -327,6 +327,22 @@ def test_invalid_writes_are_refused(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_area_without_pixel_size_is_null_for_sql(tmp_path: Path) -> None:
+    """An image without µm/px has no area in µm²: null, which SQL aggregates skip (NaN would
+    make avg() over a mixed archive NaN)."""
+    url = str(tmp_path / "res")
+    publish(url, "with-mpp", "run1", 4, 0)
+    write_image_row(url, image_row("no-mpp", "run1", "running", 1))
+    cols = region_columns(3, seed=1)
+    write_regions(url, "no-mpp", "run1", {**cols, "area_um2": np.full(3, np.nan)})
+    write_image_row(url, image_row("no-mpp", "run1", "done", 1, n_regions=3))
+    con = open_results(url)
+    nulls, mean, count = con.execute(
+        "select count(*) filter (where area_um2 is null), avg(area_um2), count(area_um2) from regions"
+    ).fetchone()
+    assert (nulls, count) == (3, 4) and mean == pytest.approx(float(np.mean(region_columns(4)["area_um2"])))
+
+
 def test_query_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = str(tmp_path / "res")
     publish(url, "slide", "run1", 4, 0)

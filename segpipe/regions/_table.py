@@ -46,7 +46,7 @@ def finalize(
     partial : Partial
         Statistics of every block, merged.
     mpp : float, optional
-        µm per level-0 pixel; ``area_um2`` is NaN without it.
+        µm per level-0 pixel; ``area_um2`` is NaN without it (null in the regions table).
     class_names : sequence of str, optional
         Names by class index (index 0 = background). Without a class map every region is
         class 1 (``class_names[1]``, or ``"object"``).

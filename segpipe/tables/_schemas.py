@@ -38,7 +38,7 @@ REGIONS_SCHEMA = _schema(
         _field("label", pa.uint32(), "", "pixel value of the region in the label image"),
         _field("class", pa.string(), "", "class name from the model card"),
         _field("area_px", pa.int64(), "px", "area in level-0 pixels"),
-        _field("area_um2", pa.float64(), "um2", "area in square micrometres (NaN without mpp)"),
+        _field("area_um2", pa.float64(), "um2", "area in square micrometres (null without a pixel size)"),
         _field("centroid_y", pa.float64(), "px", "centroid row, level-0 pixels"),
         _field("centroid_x", pa.float64(), "px", "centroid column, level-0 pixels"),
         _field("bbox_y0", pa.int64(), "px", "bounding box first row (inclusive), level 0"),

@@ -231,6 +231,11 @@ def write_run_row(
     return results_path(fs, path)
 
 
+#: Region columns whose NaN means "unknown" (no pixel size): stored as null, so SQL
+#: aggregates skip them (``avg(area_um2)`` over a mixed archive) instead of returning NaN.
+NULL_WHEN_NAN = frozenset({"area_um2"})
+
+
 def _region_column(name: str, values: Any, field: pa.Field) -> pa.Array:
     if pa.types.is_list(field.type):
         arr = values if isinstance(values, np.ndarray) else None
@@ -248,6 +253,8 @@ def _region_column(name: str, values: Any, field: pa.Field) -> pa.Array:
         )
     if pa.types.is_string(field.type):
         return pa.array([None if v is None else str(v) for v in values], pa.string())
+    if name in NULL_WHEN_NAN:
+        return pa.array(np.asarray(values, dtype=np.float64), field.type, from_pandas=True)
     return pa.array(np.asarray(values)).cast(field.type, safe=True)
 
 
