@@ -124,6 +124,23 @@ def test_evaluate_without_truth_is_clear(results, tmp_path):
     assert res.returncode == 1 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
 
 
+def test_evaluate_shows_the_metrics_of_the_task(results, tmp_path):
+    """Instance truth: AP, F1, splits and merges per image; no empty semantic columns."""
+    import zarr
+
+    from segpipe.io import zarr_store
+
+    labels = zarr.open_group(store=zarr_store(f"{results}/images/one.ome.zarr", read_only=True), mode="r")
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    tifffile.imwrite(truth / "one.labels.tif", np.asarray(labels["labels/classical/0"][...]))
+    res = segpipe("evaluate", results, "--truth", str(truth))
+    assert res.returncode == 0, res.stderr[-2000:]
+    header = res.stdout.split("per image", 1)[1].split("\n1 row", 1)[0]
+    assert "ap_0.5" in header and "n_split" in header and "iou_" not in header and "NULL" not in header
+    assert "ap_0.5: 1" in res.stdout  # the run's own labels as truth
+
+
 def test_progress_reporters():
     import io
 

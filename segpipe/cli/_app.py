@@ -413,8 +413,13 @@ def evaluate(
 
     from segpipe.tables import render_table
 
-    shown = ("image_id", "task", "ap_0.5", "f1", "precision", "recall", "mean_iou")
-    rows = [{k: row.get(k) for k in shown} for row in metrics.get("images", [])]
+    images = metrics.get("images", [])
+    # the columns the rows have: instance metrics, or the IoU of each semantic class
+    wanted = ["image_id", "ap_0.5", "f1", "precision", "recall", "n_split", "n_merged"]
+    wanted += list(dict.fromkeys(k for row in images for k in row if k.startswith("iou_")))  # class order
+    wanted += ["mean_iou"]
+    shown = [k for k in wanted if any(row.get(k) is not None for row in images)]
+    rows = [{k: row.get(k) for k in shown} for row in images]
     if rows:
         out.print(render_table(pa.Table.from_pylist(rows), title="per image"))
     for key, value in (metrics.get("summary") or {}).items():
