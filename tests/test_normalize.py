@@ -20,7 +20,8 @@ from segpipe.normalize import (
     thumbnail,
 )
 
-GREY = BUILTIN_CARDS["classical"]
+GREY = BUILTIN_CARDS["defects"]  # grey input, percentile normalisation
+OTSU = BUILTIN_CARDS["classical"]  # grey input, Otsu normalisation
 NUCLEAR = BUILTIN_CARDS["nuclei"]
 RGB = tiny_card("semantic", in_channels=3, channel_mode="rgb")
 
@@ -191,3 +192,26 @@ def test_integer_percentiles_equal_numpy(dtype, n, channels, seed, q):
     x[:, : n // 2] //= 17  # ties and a skewed histogram
     qs = [q, 1.0, 99.8, 0.0, 100.0]
     np.testing.assert_array_equal(_percentiles(x, qs), np.percentile(x, qs, axis=1))
+
+
+def test_otsu_normalisation_maps_the_otsu_threshold_to_one_half() -> None:
+    """The classical models' fixed threshold 0.5 is the image's Otsu threshold, for 8-bit,
+    16-bit (histogram path) and float levels alike, whatever the brightest pixels are."""
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(20, 3, (1, 128, 128))
+    img[:, 40:80, 30:70] = rng.normal(90, 5, (40, 40))  # the objects
+    img[:, 5:8, 5:8] = 250  # one saturated blob: the percentiles alone would put 0.5 near 135
+    for dtype in (np.uint8, np.uint16, np.float32):
+        x = np.clip(img, 0, 255).astype(dtype)
+        stats = image_stats(x, OTSU, "grey")
+        t = threshold_otsu(x[0])
+        assert stats.low == (pytest.approx(float(np.percentile(x, 1.0))),)
+        y = prepare(np.full((1, 1, 1), t, dtype), stats, OTSU, "grey")
+        assert float(y[0, 0, 0]) == pytest.approx(0.5, abs=1e-3), dtype
+        objects = prepare(x, stats, OTSU, "grey")[0] > 0.5
+        assert objects[40:80, 30:70].mean() > 0.99 and objects[10:30, 80:120].mean() < 0.01
+    flat = np.full((1, 16, 16), 7, np.uint8)  # no threshold above the low percentile
+    assert image_stats(flat, OTSU, "grey") == image_stats(flat, GREY, "grey")
+

