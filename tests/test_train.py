@@ -270,6 +270,29 @@ def test_checkpoint_beside_weights_and_heldout_set_is_fixed() -> None:
     assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
 
 
+def test_heldout_pairs_measures_a_folder_of_annotated_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from segpipe.train.heldout import disc_image, heldout_pairs, main
+
+    image, truth = disc_image(side=256, n=12)
+    tifffile.imwrite(tmp_path / "discs.tif", image)
+    tifffile.imwrite(tmp_path / "discs.labels.tif", truth.astype(np.uint16))
+    wrong = truth.copy()
+    wrong[wrong == wrong.max()] = 0  # one object missed
+    (tmp_path / "b").mkdir()
+    tifffile.imwrite(tmp_path / "b" / "discs.tif", image)
+    tifffile.imwrite(tmp_path / "b" / "discs.labels.tif", wrong.astype(np.uint16))
+    res = heldout_pairs(["classical"], str(tmp_path))["classical"]
+    n = int(truth.max())
+    assert res["n_true"] == 2 * n - 1 and res["n_pred"] == 2 * n
+    assert res["ap_0.5"] == pytest.approx((2 * n - 1) / (2 * n))  # the unannotated disc is a false positive
+    assert sorted(res["images"].values()) == [pytest.approx((n - 1) / n), 1.0]
+    assert main(["defects", "--pairs", str(tmp_path)]) == 2
+    assert "semantic" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no image/mask pairs"):
+        heldout_pairs(["classical"], str(tmp_path / "empty"))
+
+
 def _rare_class_items(n: int = 10) -> list:
     """``n`` 64-px class maps: class 1 (a band) in every one, class 2 (a square) in the first only."""
     from segpipe.train._data import array_item

@@ -7,6 +7,8 @@ object-diameter bin); for semantic models
 (``--kind defects``) the IoU of each class from the pooled confusion matrix.
 ``--kind discs`` measures instance models on :func:`disc_image`, the flat sharp-edged discs
 of the project's acceptance check (a style the training renderer never produces).
+``--pairs DIR`` measures on annotated images of your own (any folder of image / mask pairs
+that training reads, :func:`segpipe.train.find_pairs`): :func:`heldout_pairs`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from segpipe.errors import SegpipeError
 from segpipe.metrics import DEFAULT_THRESHOLDS, confusion_matrix, instance_metrics, iou_per_class
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "heldout_discs",
     "heldout_defects",
     "heldout_nuclei",
+    "heldout_pairs",
     "nuclei_heldout_set",
     "defects_heldout_set",
     "size_binned_counts",
@@ -107,6 +111,45 @@ def heldout_discs(models: list[str], side: int = 2300, seed: int = 0, n: int = 1
         result[name] = {"ap_0.5": float(m["ap"]["0.5"]), "precision_0.5": float(m["precision"]["0.5"]),
                         "recall_0.5": float(m["recall"]["0.5"]), "n_true": float(m["n_true"]),
                         "n_pred": float(m["n_pred"])}
+    return result
+
+
+def heldout_pairs(models: list[str], folder: str) -> dict[str, dict[str, Any]]:
+    """Pooled instance metrics of each model on the annotated image / mask pairs in ``folder``.
+
+    Any folder that training reads (:func:`segpipe.train.find_pairs`: ``x.tif`` with
+    ``x.labels.tif``, ``images/`` with ``masks/`` …; masks are instance labels). Each image
+    goes through :func:`segpipe.predict.segment_array` whole, with its pixel size when the
+    file has one. Returns AP at IoU 0.5…0.9, F1, splits and merges pooled over the images,
+    and under ``images`` each file's AP@0.5. (Semantic models: ``segpipe evaluate`` a run.)
+    """
+    from pathlib import Path
+
+    import torch
+
+    from segpipe.errors import ConfigError
+    from segpipe.models import load_model
+    from segpipe.predict import segment_array
+    from segpipe.train._data import _mpp, _open_array, _region_reader, find_pairs
+
+    torch.set_num_threads(1)
+    data = []
+    for img_path, mask_path in find_pairs(Path(folder)):
+        image_read, shape, _ = _region_reader(*_open_array(img_path), img_path)
+        mask_read, mask_shape, _ = _region_reader(*_open_array(mask_path), mask_path)
+        if mask_shape != shape:
+            raise ConfigError(f"{mask_path}: mask shape {mask_shape} differs from its image's {shape}")
+        data.append((str(img_path), image_read(0, 0, *shape), mask_read(0, 0, *shape)[0], _mpp(img_path)))
+    result: dict[str, dict[str, Any]] = {}
+    for name in models:
+        model = load_model(name, device="cpu")
+        if model.card.task == "semantic":
+            raise ConfigError(f"{name}: --pairs measures models that find objects; for a semantic model "
+                              "run it and use segpipe evaluate RESULTS --truth DIR")  # fmt: skip
+        rows = []
+        for _path, image, truth, mpp in data:
+            rows.append(instance_metrics(truth, segment_array(image, model=model, mpp=mpp)))
+        result[name] = {**_pool(rows), "images": {p: float(r["ap"]["0.5"]) for (p, *_), r in zip(data, rows, strict=True)}}
     return result
 
 
@@ -253,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m segpipe.train.heldout")
     p.add_argument("models", nargs="+", help="built-in names or weights files")
     p.add_argument("--kind", choices=("nuclei", "defects", "discs"), default="nuclei")
+    p.add_argument("--pairs", default=None, metavar="DIR",
+                   help="measure on your own annotated images instead: a folder of image / mask pairs "
+                        "(x.tif + x.labels.tif, images/ + masks/, ...); instance models")  # fmt: skip
     p.add_argument("--n", type=int, default=None, help="number of held-out images")
     p.add_argument("--json", default=None, help="also write the metrics to this file")
     p.add_argument("--by-size", action="store_true", help="nuclei: also AP@0.5 per object-size bin")
@@ -260,8 +306,14 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"seed of the nuclei / defects images (default {HELDOUT_SEED}, the test set; "
                         "another one draws a selection set)")  # fmt: skip
     args = p.parse_args(argv)
-    if args.kind == "nuclei":
-        res: dict[str, Any] = heldout_nuclei(args.models, n=args.n or 20, by_size=args.by_size, seed=args.seed)
+    if args.pairs:
+        try:
+            res: dict[str, Any] = heldout_pairs(args.models, args.pairs)
+        except SegpipeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    elif args.kind == "nuclei":
+        res = heldout_nuclei(args.models, n=args.n or 20, by_size=args.by_size, seed=args.seed)
     elif args.kind == "discs":
         res = heldout_discs(args.models, n=args.n or 120)
     else:
