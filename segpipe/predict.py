@@ -43,6 +43,7 @@ __all__ = [
     "model_scale",
     "predict_window",
     "segment_array",
+    "segment_array_full",
     "segment_window",
     "stats_from_image",
     "window_probabilities",
@@ -485,6 +486,27 @@ def segment_array(
     >>> int(segment_array(img, model="classical").max())
     2
     """
+    return segment_array_full(image, model, mpp, modality, stats).labels
+
+
+def segment_array_full(
+    image: np.ndarray,
+    model: Model | str | Path = "nuclei",
+    mpp: float | None = None,
+    modality: str | None = None,
+    stats: ImageStats | None = None,
+) -> Segmentation:
+    """:func:`segment_array` with everything the post-processing gives: the labels, the
+    class map of a semantic model (``.classes``) and an instance model's boundary
+    probability (``.boundary``). Same parameters.
+
+    Examples
+    --------
+    >>> img = np.zeros((64, 64), np.uint8); img[10:20, 10:20] = 200
+    >>> seg = segment_array_full(img, model="classical")
+    >>> int(seg.n_objects), seg.classes is None
+    (1, True)
+    """
     m = load_model(model)
     img = as_channel_first(image)
     if img.shape[0] == 4 and img.dtype == np.uint8:
@@ -495,4 +517,4 @@ def segment_array(
     if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
         raise ConfigError(f"segment_array: mpp={mpp} must be a positive number of µm per pixel")
     scale = model_scale(mpp, m.card)
-    return segment_window(m, img, stats, (0, 0), modality, scale, grid=default_grid(m.card)).labels
+    return segment_window(m, img, stats, (0, 0), modality, scale, grid=default_grid(m.card))

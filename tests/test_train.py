@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -286,8 +287,17 @@ def test_heldout_pairs_measures_a_folder_of_annotated_images(tmp_path: Path, cap
     assert res["n_true"] == 2 * n - 1 and res["n_pred"] == 2 * n
     assert res["ap_0.5"] == pytest.approx((2 * n - 1) / (2 * n))  # the unannotated disc is a false positive
     assert sorted(res["images"].values()) == [pytest.approx((n - 1) / n), 1.0]
-    assert main(["defects", "--pairs", str(tmp_path)]) == 2
-    assert "semantic" in capsys.readouterr().err
+    semantic = tmp_path / "c"
+    semantic.mkdir()
+    tifffile.imwrite(semantic / "discs.tif", image)
+    tifffile.imwrite(semantic / "discs.labels.tif",
+                     np.where(truth > 0, 2, 0).astype(np.uint8))  # class map: pits
+    assert main(["defects", "--pairs", str(semantic)]) == 0
+    out = json.loads(capsys.readouterr().out)["defects"]
+    assert set(out) == {"iou_background", "iou_scratch", "iou_pit", "iou_stain", "mean_iou", "images"}
+    ious = [out[f"iou_{c}"] for c in ("background", "scratch", "pit", "stain")]
+    assert out["mean_iou"] == pytest.approx(np.nanmean(ious)) and all(0 <= v <= 1 for v in ious if v == v)
+    assert out["images"] == {str(semantic / "discs.tif"): pytest.approx(out["mean_iou"])}  # one image
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no image/mask pairs"):
         heldout_pairs(["classical"], str(tmp_path / "empty"))

@@ -8,7 +8,8 @@ object-diameter bin); for semantic models
 ``--kind discs`` measures instance models on :func:`disc_image`, the flat sharp-edged discs
 of the project's acceptance check (a style the training renderer never produces).
 ``--pairs DIR`` measures on annotated images of your own (any folder of image / mask pairs
-that training reads, :func:`segpipe.train.find_pairs`): :func:`heldout_pairs`.
+that training reads, :func:`segpipe.train.find_pairs`; instance labels or class maps):
+:func:`heldout_pairs`.
 """
 
 from __future__ import annotations
@@ -115,13 +116,15 @@ def heldout_discs(models: list[str], side: int = 2300, seed: int = 0, n: int = 1
 
 
 def heldout_pairs(models: list[str], folder: str) -> dict[str, dict[str, Any]]:
-    """Pooled instance metrics of each model on the annotated image / mask pairs in ``folder``.
+    """Metrics of each model on the annotated image / mask pairs in ``folder``.
 
     Any folder that training reads (:func:`segpipe.train.find_pairs`: ``x.tif`` with
-    ``x.labels.tif``, ``images/`` with ``masks/`` …; masks are instance labels). Each image
-    goes through :func:`segpipe.predict.segment_array` whole, with its pixel size when the
-    file has one. Returns AP at IoU 0.5…0.9, F1, splits and merges pooled over the images,
-    and under ``images`` each file's AP@0.5. (Semantic models: ``segpipe evaluate`` a run.)
+    ``x.labels.tif``, ``images/`` with ``masks/`` …). Each image goes through
+    :func:`segpipe.predict.segment_array_full` whole, with its pixel size when the file has
+    one. Models that find objects (masks are instance labels): AP at IoU 0.5…0.9, F1,
+    splits and merges pooled over the images; semantic models (masks are class maps): the
+    IoU of each class from the pooled confusion matrix. ``images`` gives each file's AP@0.5
+    or mean IoU.
     """
     from pathlib import Path
 
@@ -129,7 +132,7 @@ def heldout_pairs(models: list[str], folder: str) -> dict[str, dict[str, Any]]:
 
     from segpipe.errors import ConfigError
     from segpipe.models import load_model
-    from segpipe.predict import segment_array
+    from segpipe.predict import segment_array_full
     from segpipe.train._data import _mpp, _open_array, _region_reader, find_pairs
 
     torch.set_num_threads(1)
@@ -143,13 +146,19 @@ def heldout_pairs(models: list[str], folder: str) -> dict[str, dict[str, Any]]:
     result: dict[str, dict[str, Any]] = {}
     for name in models:
         model = load_model(name, device="cpu")
+        segs = [segment_array_full(image, model=model, mpp=mpp) for _, image, _, mpp in data]
         if model.card.task == "semantic":
-            raise ConfigError(f"{name}: --pairs measures models that find objects; for a semantic model "
-                              "run it and use segpipe evaluate RESULTS --truth DIR")  # fmt: skip
-        rows = []
-        for _path, image, truth, mpp in data:
-            rows.append(instance_metrics(truth, segment_array(image, model=model, mpp=mpp)))
-        result[name] = {**_pool(rows), "images": {p: float(r["ap"]["0.5"]) for (p, *_), r in zip(data, rows, strict=True)}}
+            k = len(model.card.classes)
+            cms = [confusion_matrix(truth, seg.classes, k) for (_, _, truth, _), seg in zip(data, segs, strict=True)]
+            iou = iou_per_class(np.sum(cms, axis=0))
+            result[name] = {f"iou_{c}": float(v) for c, v in zip(model.card.classes, iou, strict=True)}
+            result[name]["mean_iou"] = float(np.nanmean(iou))
+            per_image = [float(np.nanmean(iou_per_class(cm))) for cm in cms]
+        else:
+            rows = [instance_metrics(truth, seg.labels) for (_, _, truth, _), seg in zip(data, segs, strict=True)]
+            result[name] = _pool(rows)
+            per_image = [float(r["ap"]["0.5"]) for r in rows]
+        result[name]["images"] = dict(zip([p for p, *_ in data], per_image, strict=True))
     return result
 
 
@@ -298,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", choices=("nuclei", "defects", "discs"), default="nuclei")
     p.add_argument("--pairs", default=None, metavar="DIR",
                    help="measure on your own annotated images instead: a folder of image / mask pairs "
-                        "(x.tif + x.labels.tif, images/ + masks/, ...); instance models")  # fmt: skip
+                        "(x.tif + x.labels.tif, images/ + masks/, ...; instance labels or class maps)")  # fmt: skip
     p.add_argument("--n", type=int, default=None, help="number of held-out images")
     p.add_argument("--json", default=None, help="also write the metrics to this file")
     p.add_argument("--by-size", action="store_true", help="nuclei: also AP@0.5 per object-size bin")
