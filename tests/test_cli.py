@@ -189,6 +189,23 @@ def test_serve_needs_a_prefect_server(tmp_path):
 def test_train_bad_recipe_is_one_line(tmp_path):
     res = segpipe("train", "--recipe", "bogus", "--out", str(tmp_path / "m.safetensors"))
     assert res.returncode == 1 and "bogus" in res.stderr and "Traceback" not in res.stderr
+    res = segpipe("train", "--recipe", "nuclei", "--out", str(tmp_path / "m.safetensors"), "--lr", "fast")
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [res.stderr.strip()]
+    assert "--lr" in res.stderr and "usage" not in res.stderr
+
+
+def test_train_takes_every_option_of_the_training_module(tmp_path):
+    """`segpipe train` passes options it does not declare (here --init: fine-tuning) through."""
+    weights = Path(__file__).parents[1] / "segpipe" / "models" / "weights" / "nuclei.safetensors"
+    if not weights.exists():
+        pytest.skip("the nuclei weights are not installed")
+    res = segpipe("train", "--recipe", "nuclei", "--out", str(tmp_path / "m.safetensors"), "--steps", "2",
+                  "--epoch-steps", "1", "--val-images", "1", "--pool", "2", "--crop", "64", "--batch-size", "2",
+                  "--synthetic-shape", "96", "--no-progress", "--no-tune-postprocess", "--init", str(weights))
+    assert res.returncode == 0, res.stderr[-2000:]
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["training"]["config"]["init"] == str(weights) and card["training"]["config"]["crop"] == 64
+    assert card["training"]["command"].startswith("segpipe train --out")
 
 
 @pytest.mark.slow

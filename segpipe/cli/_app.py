@@ -365,8 +365,9 @@ def serve(
     serve_archive(source, results, cron=cron, name=name, model=model, config=str(config) if config else None)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
+    ctx: typer.Context,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write (.safetensors); its card goes beside it.")],
     recipe: Annotated[str | None, typer.Option("--recipe", help="Built-in recipe: nuclei or defects.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Training data: image/mask folder, .ome.zarr, or synthetic:nuclei.")] = None,
@@ -375,15 +376,21 @@ def train(
 ) -> None:
     """Train a model (delegates to segpipe.train).
 
-    Example: segpipe train --recipe nuclei --steps 2000 --out my-nuclei.safetensors
+    Every option of `python -m segpipe.train --help` works here too, e.g. --init to fine-tune
+    existing weights, --task semantic --classes background,crack for class maps.
+
+    Example: segpipe train --recipe nuclei --data my_annotated/ --init segpipe/models/weights/nuclei.safetensors --steps 600 --lr 0.0005 --out my-nuclei.safetensors
     """
     try:
         import segpipe.train as _train
+        from segpipe.train.__main__ import parse_args
     except ImportError as exc:
         raise ConfigError(f"training is not available in this install ({exc})") from None
-    values = _overrides(data=data, steps=steps, device=device)
-    values["out"] = out_path
-    cfg = _train.preset_config(recipe, **values) if recipe else _train.TrainConfig(**values)
+    argv = ["--out", str(out_path)]
+    for flag, value in (("--recipe", recipe), ("--data", data), ("--steps", steps), ("--device", device)):
+        if value is not None:
+            argv += [flag, str(value)]
+    cfg = parse_args(argv + list(ctx.args), prog="segpipe train")
     result = _train.train(cfg)
     out.print(f"weights: {result.weights}\ncard:    {result.card}\nsteps:   {result.steps}", markup=False)
     for k, v in result.best_metrics.items():

@@ -14,7 +14,7 @@ import json
 import shlex
 import sys
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, NoReturn, Union, get_args, get_origin
 
 from pydantic_core import PydanticUndefined
 
@@ -68,10 +68,20 @@ def _numbers(name: str, value: str) -> list[float]:
         raise ConfigError(f"--{name.replace('_', '-')} {value!r}: give comma-separated numbers") from None
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """A :class:`TrainConfig` from command-line arguments (every field of it is an option)."""
-    p = argparse.ArgumentParser(
-        prog="python -m segpipe.train",
+class _Parser(argparse.ArgumentParser):
+    """Usage problems as one-line :class:`ConfigError` (``--help`` still prints and exits)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see --help)")
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "python -m segpipe.train") -> TrainConfig:
+    """A :class:`TrainConfig` from command-line arguments (every field of it is an option).
+
+    A usage problem (unknown option, bad choice) raises :class:`ConfigError`, one line.
+    """
+    p = _Parser(
+        prog=prog,
         description="Train a segpipe U-Net and write its weights and model card.",
         epilog="A recipe (--preset nuclei or defects; segpipe.train.PRESETS) sets its own values "
         "for many options; options given on the command line override them. "
@@ -99,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     # `--preset nuclei` names a recipe; `--preset light` a U-Net size
     if over.get("preset") in PRESETS:
         args.recipe = over.pop("preset")
-    over["command"] = "python -m segpipe.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    over["command"] = f"{prog} " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     return preset_config(args.recipe, **over) if args.recipe else TrainConfig(**over)
 
 
