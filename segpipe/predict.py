@@ -55,6 +55,7 @@ __all__ = [
 WINDOW_MAX_SIDE = 2304
 """Longest window side predicted in one forward pass by ``grid="window"``."""
 
+
 def default_grid(card: ModelCard) -> str:
     """The tile placement the pipeline predicts a model's windows with.
 
