@@ -60,10 +60,15 @@ def test_each_command_has_help_with_example(command):
 
 
 def test_models_lists_builtins():
-    res = runner.invoke(app, ["models"])
+    from segpipe.models import builtin_card, is_installed
+
+    res = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
     assert res.exit_code == 0
     for name in ("nuclei", "defects", "classical"):
         assert name in res.output
+    if is_installed("defects"):  # the installed card's halo (context bands: 128), not the registry's 48
+        row = next(line for line in res.output.splitlines() if "│ defects" in line)
+        assert f"│ {builtin_card('defects').halo} " in row and builtin_card("defects").halo != 48
 
 
 def test_query_formats(results, tmp_path):

@@ -477,8 +477,8 @@ def models_cmd() -> None:
 
     table = Table("name", "task", "classes", "µm/px", "halo", "installed", title="built-in models")
     notes = []
-    for name, card in sorted(_models.BUILTIN_CARDS.items()):
-        installed = _models.is_installed(name)
+    for card in _models.list_models():  # an installed model's own card (its halo, its description)
+        name, installed = card.name, _models.is_installed(card.name)
         table.add_row(name, card.task, ", ".join(card.classes[1:]), "any" if card.mpp is None else f"{card.mpp:g}",
                       str(card.halo), "yes" if installed else "no")
         notes.append(f"{name}: {getattr(card, 'description', '')}")
