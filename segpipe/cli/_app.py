@@ -164,23 +164,18 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
                 tables.init_results(results)
             # Prefect's flow machinery is imported while the API server boots
             from flows import archive_run, set_reporter
-            from segpipe.cli._progress import LineReporter, RichReporter, make_reporter
+            from segpipe.cli._progress import RichReporter, make_reporter
 
             if cluster_ready is not None:  # an unreachable --cluster is one line here, not a flow traceback
                 cluster_ready()
             server = await_api_server(spawned)  # None: a configured API, or Prefect's own server
             reporter = make_reporter()
             set_reporter(reporter)
+            bars = reporter if isinstance(reporter, RichReporter) else contextlib.nullcontext()  # rich bars run live
             try:
-                with api_settings(server):
-                    if isinstance(reporter, RichReporter):
-                        with reporter:
-                            summary = archive_run(source, results, model=model,
-                                                  config=str(config) if config else None, overrides=overrides)
-                    else:
-                        assert isinstance(reporter, LineReporter)
-                        summary = archive_run(source, results, model=model, config=str(config) if config else None,
-                                              overrides=overrides)
+                with api_settings(server), bars:
+                    summary = archive_run(source, results, model=model, config=str(config) if config else None,
+                                          overrides=overrides)
             finally:
                 set_reporter(None)
     finally:  # the server also stops when something failed before the flow ran

@@ -92,9 +92,6 @@ class SegmentResult:
     tissue_area_px: int | None = None
 
 
-
-
-
 _POOL_ALIGN = 16  # down-sampling factor of the built-in U-Nets (and a divisor of chunk sizes)
 
 
@@ -108,7 +105,6 @@ def default_halo(card_halo: int, scale: float = 1.0) -> int:
     """
     extra = 1 if scale == 1.0 else 3
     return max(2, math.ceil(card_halo / scale) + extra)
-
 
 
 # ---------------------------------------------------------------------------- driver

@@ -53,7 +53,7 @@ def _add_field(p: argparse.ArgumentParser, name: str) -> None:
         shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
         text = f"{text} (default {shown})" if text else f"default {shown}"
     if get_origin(base) in (list, tuple):
-        p.add_argument(flag, dest=name, default=None, metavar="A,B,...", help=f"{text}; comma-separated")
+        p.add_argument(flag, dest=name, type=_numbers, default=None, metavar="A,B,...", help=f"{text}; comma-separated")
     elif choices:
         p.add_argument(flag, dest=name, default=None, choices=choices, help=text)
     else:
@@ -61,11 +61,12 @@ def _add_field(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument(flag, dest=name, type=typ, default=None, help=text)
 
 
-def _numbers(name: str, value: str) -> list[float]:
+def _numbers(value: str) -> list[float]:
+    """An option's comma-separated numbers (argparse ``type``)."""
     try:
         return [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--{name.replace('_', '-')} {value!r}: give comma-separated numbers") from None
+        raise argparse.ArgumentTypeError(f"{value!r}: give comma-separated numbers") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,9 +102,6 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m segpipe.tra
                    help="only re-tune the post-processing of the model saved at --out on the validation set")
     args = p.parse_args(argv)
     over: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None and k not in ("recipe", "tune_only")}
-    for name, value in list(over.items()):
-        if name in TrainConfig.model_fields and get_origin(_kind(TrainConfig.model_fields[name].annotation)[0]) in (list, tuple):
-            over[name] = _numbers(name, str(value))
     if args.classes:
         over["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     # `--preset nuclei` names a recipe; `--preset light` a U-Net size

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from segpipe.errors import SegpipeError
+from segpipe.errors import ConfigError, SegpipeError
 from segpipe.metrics import DEFAULT_THRESHOLDS, confusion_matrix, instance_metrics, iou_per_class
 
 __all__ = [
@@ -130,7 +130,6 @@ def heldout_pairs(models: list[str], folder: str) -> dict[str, dict[str, Any]]:
 
     import torch
 
-    from segpipe.errors import ConfigError
     from segpipe.models import load_model
     from segpipe.predict import segment_array_full
     from segpipe.train._data import _mpp, _open_array, _region_reader, find_pairs
