@@ -29,6 +29,7 @@ from segpipe.pipeline import (
     FALLBACK_MODEL,
     ImageOutcome,
     RunSummary,
+    clear_staging,
     discover_items,
     fast_path_limit,
     new_run_id,
@@ -156,12 +157,16 @@ def archive_run(source: str, results: str, model: str | None = None, config: str
         tables.write_run_row(results, run_row(run_id, source, results, ref, cfg, "running", started,
                                               n_images=len(items), n_skipped=len(to_skip)))
         tables.write_skipped_rows(results, run_id, skipped_rows(to_skip, states, run_id))
+        if to_run:  # staging copies of crashed runs (this run holds the lock: none is in use)
+            clear_staging(results)
         get_reporter().run_started(run_id, len(to_run), len(to_skip))
         outcomes: list[ImageOutcome] = []
         with open_client(cfg) if to_run else contextlib.nullcontext() as client:
             if to_run:
                 get_reporter().cluster_started(client)
                 outcomes = run_images(to_run, results, ref, cfg, client, run_id, lock)
+                if not lock.lost.is_set():  # else the staging folder is another run's now
+                    _clear_staging(results, logger)
             summary = summarise(run_id, source, results, ref, outcomes, len(items), len(to_skip), t0)
             tables.write_run_row(results, run_row(run_id, source, results, ref, cfg, summary.status, started,
                                                   client=None, outcomes=outcomes, n_images=len(items),
@@ -172,6 +177,13 @@ def archive_run(source: str, results: str, model: str | None = None, config: str
     for line in summary.lines():
         logger.info(line)
     return summary
+
+
+def _clear_staging(results: str, logger: Any) -> None:
+    try:
+        clear_staging(results)
+    except Exception as exc:  # housekeeping: the next run clears it again
+        logger.warning("could not clear %s/images/.staging: %s", results, one_line(exc))
 
 
 def _write_report(results: str, run_id: str, logger: Any, client: Any = None) -> str | None:

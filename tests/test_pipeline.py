@@ -128,6 +128,112 @@ def test_crash_before_commit_exposes_nothing(archive, tmp_path, cfg):
     assert tables.open_results(results).execute("select count(distinct run_id) from regions").fetchone()[0] == 1
 
 
+def _labels(results, image_id, name="classical"):
+    import zarr
+
+    return np.asarray(zarr.open_group(f"{image_url(results, image_id)}/labels/{name}", mode="r")["0"][...])
+
+
+def _corrupt_tile_tiff(path):
+    """A tiled TIFF whose 6th tile holds noise: it opens, then fails when that tile is read."""
+    tifffile.imwrite(path, np.full((256, 256), 20, np.uint8), tile=(64, 64), compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset, count = int(tif.pages[0].dataoffsets[5]), int(tif.pages[0].databytecounts[5])
+    raw = bytearray(path.read_bytes())
+    raw[offset: offset + count] = np.random.default_rng(0).integers(0, 256, count, np.uint8).tobytes()
+    path.write_bytes(bytes(raw))
+
+
+def _first_run(archive, results, cfg):
+    tables.init_results(results)
+    item = discover_items(str(archive), cfg)[0]
+    assert process_image(item, "a", results, ModelRef("classical"), cfg, None, "run-1").status == "done"
+    con = tables.open_results(results)
+    before = con.execute("select * exclude (run_id) from regions order by label").fetchall()
+    return before, _labels(results, "a")
+
+
+def _visible(results):
+    con = tables.open_results(results)
+    return (con.execute("select * exclude (run_id) from regions order by label").fetchall(),
+            con.execute("select distinct run_id from regions").fetchall())
+
+
+def test_failed_rerun_keeps_the_last_done_outputs(archive, tmp_path, cfg):
+    """The source is replaced by a file that fails half-way through its ingest: the image fails,
+    and the earlier run's regions, image and labels stay visible and unchanged."""
+    results = str(tmp_path / "results")
+    before, labels = _first_run(archive, results, cfg)
+    _corrupt_tile_tiff(archive / "a.tif")
+    item = discover_items(str(archive), cfg)[0]
+    out = process_image(item, "a", results, ModelRef("classical"), cfg, None, "run-2")
+    assert out.status == "failed" and "a.tif" in out.error
+    assert _visible(results) == (before, [("run-1",)])
+    np.testing.assert_array_equal(_labels(results, "a"), labels)
+    from segpipe.ingest import read_meta
+    from segpipe.labels import label_names
+
+    assert read_meta(image_url(results, "a")).shape == (400, 400)  # the old image, whole
+    assert label_names(image_url(results, "a")) == ["classical"]
+    assert not list((tmp_path / "results" / "images" / ".staging").rglob("*.ome.zarr"))
+
+
+def test_rerun_replaces_outputs_only_at_its_commit(archive, tmp_path, cfg, monkeypatch):
+    results = str(tmp_path / "results")
+    before, labels = _first_run(archive, results, cfg)
+    blobs(archive / "a.tif", side=320, seed=7, n=9)
+    item = discover_items(str(archive), cfg)[0]
+
+    class Crash(BaseException):
+        pass
+
+    seen = {}
+
+    def crash_before_publish(stage, thunk):
+        if stage == "publish":
+            seen["staged"] = _labels(results, "a").copy()  # segmenting did not touch the live labels
+            raise Crash()
+        return thunk()
+
+    with pytest.raises(Crash):
+        process_image(item, "a", results, ModelRef("classical"), cfg, None, "run-2", stage_runner=crash_before_publish)
+    np.testing.assert_array_equal(seen["staged"], labels)
+    assert _visible(results) == (before, [("run-1",)])
+    assert (tmp_path / "results" / "images" / ".staging" / "run-2" / "new" / "a.ome.zarr").exists()
+
+    # the done row cannot be written: the replaced outputs go back
+    real = tables.write_image_row
+
+    def refuse_done(results_, row, **kw):
+        if row["status"] == "done":
+            raise OSError(28, "No space left on device")
+        return real(results_, row, **kw)
+
+    monkeypatch.setattr(tables, "write_image_row", refuse_done)
+    out = process_image(item, "a", results, ModelRef("classical"), cfg, None, "run-3")
+    assert out.status == "failed" and "No space left" in out.error
+    np.testing.assert_array_equal(_labels(results, "a"), labels)
+    assert _visible(results)[1] == [("run-1",)]
+    monkeypatch.undo()
+
+    # the next run clears what the crashed one left, and commits the new image
+    from segpipe.pipeline import clear_staging
+
+    clear_staging(results)
+    out = process_image(item, "a", results, ModelRef("classical"), cfg, None, "run-4")
+    assert out.status == "done"
+    new = _labels(results, "a")
+    assert new.shape == (320, 320) and len(np.unique(new)) - 1 == out.n_regions
+    rows, runs = _visible(results)
+    assert runs == [("run-4",)] and len(rows) == out.n_regions
+    state = _states(results)["a"]
+    assert state["labels_uri"] == f"{image_url(results, 'a')}/labels/classical"
+    assert "publish.replace" in dict(state["timings"])
+    assert not list((tmp_path / "results" / "images" / ".staging").rglob("*.ome.zarr"))  # nothing parked left
+    clear_staging(results)  # as the run does at its end
+    assert os.listdir(tmp_path / "results" / "images") == ["a.ome.zarr"]
+
+
 def test_plan_run_skips_only_unchanged():
     cfg = load_config(None, OVERRIDES)
     chash = config_hash(cfg)

@@ -10,6 +10,7 @@ from segpipe.io._fsutil import (
     exists,
     is_remote,
     join_url,
+    move,
     open_binary,
     remove,
     sha256_file,
@@ -37,5 +38,6 @@ __all__ = [
     "zarr_store",
     "exists",
     "remove",
+    "move",
     "sha256_file",
 ]

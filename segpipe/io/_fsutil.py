@@ -24,6 +24,7 @@ __all__ = [
     "zarr_store",
     "exists",
     "remove",
+    "move",
 ]
 
 _LOCAL_PROTOCOLS = {"", "file", "local"}
@@ -128,6 +129,36 @@ def remove(uri: str, storage_options: dict[str, Any] | None = None) -> None:
         pass
     if hasattr(fs, "invalidate_cache"):
         fs.invalidate_cache()
+
+
+def move(src: str, dst: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Move the file or directory tree at ``src`` to ``dst``, which must not exist.
+
+    Locally one ``rename`` (atomic, same file system); on an object store every object is
+    copied (server side) and the originals deleted.
+
+    Raises
+    ------
+    FileExistsError
+        ``dst`` exists (nothing is moved).
+    FileNotFoundError
+        ``src`` does not exist.
+    """
+    fs, p1 = url_to_fs(src, storage_options)
+    _, p2 = url_to_fs(dst, storage_options)
+    if fs.exists(p2):
+        raise FileExistsError(f"{dst}: exists; not moving {src} onto it")
+    if not fs.exists(p1):
+        raise FileNotFoundError(f"{src}: nothing to move")
+    if not is_remote(src):
+        os.makedirs(os.path.dirname(p2) or ".", exist_ok=True)
+        os.rename(p1, p2)
+        return
+    # object by object: fsspec's recursive mv also tries the key prefixes ("folders") as objects
+    files = [p1] if fs.isfile(p1) else fs.find(p1)
+    fs.copy(files, [p2 + f[len(p1):] for f in files])  # one batch: the copies run concurrently
+    fs.rm(p1, recursive=True)
+    fs.invalidate_cache()
 
 
 def zarr_store(

@@ -38,6 +38,7 @@ from segpipe.pipeline._stages import (
     ImageOutcome,
     ModelRef,
     Progress,
+    clear_staging,
     image_url,
     ingest_stage,
     is_transient,
@@ -49,6 +50,7 @@ from segpipe.pipeline._stages import (
     resolve_model,
     segment_stage,
     skipped_rows,
+    staging_url,
 )
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "ModelRef",
     "Progress",
     "RunSummary",
+    "clear_staging",
     "discover_items",
     "fast_path_limit",
     "fits_fast_path",
@@ -85,5 +88,6 @@ __all__ = [
     "segment_stage",
     "skipped_rows",
     "small_image_task",
+    "staging_url",
     "summarise",
 ]

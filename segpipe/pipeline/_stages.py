@@ -4,7 +4,10 @@ One image goes ``ingest_stage`` → ``segment_stage`` → ``publish_stage``;
 :func:`process_image` chains them, writes the image's ``running`` row first and turns
 any exception into a ``failed`` row with a one-line error, so an image fails alone.
 Outputs become visible only when complete: labels and region files are written before
-the image row with status ``done``, which the ``regions`` view keys on.
+the image row with status ``done``, which the ``regions`` view keys on. An image that
+already has outputs (an earlier run's, or a crash's leftovers) is redone in a staging copy
+(:func:`staging_url`) that replaces them just before that row: until then, a failing or
+crashing rerun leaves the last done row's image and labels exactly as they were.
 
 :func:`plan_run` decides what a run has to do: an image whose latest state is ``done``
 with the same fingerprint, model (+ weights sha256) and config hash is skipped.
@@ -34,6 +37,8 @@ __all__ = [
     "Progress",
     "resolve_model",
     "image_url",
+    "staging_url",
+    "clear_staging",
     "plan_run",
     "ingest_stage",
     "segment_stage",
@@ -123,6 +128,27 @@ def image_url(results: str, image_id: str) -> str:
     return f"{str(results).rstrip('/')}/images/{image_id}.ome.zarr"
 
 
+#: Folder under ``RESULTS/images/`` where reruns build an image's new outputs.
+STAGING = ".staging"
+
+
+def staging_url(results: str, run_id: str, image_id: str, part: str = "new") -> str:
+    """Where run ``run_id`` builds image ``image_id``'s new OME-Zarr (``part="new"``) or
+    parks the one it replaces until its ``done`` row is written (``part="old"``).
+
+    The store keeps its name, ``<image_id>.ome.zarr``, so everything derived from the name
+    (the regions' ``image_id``) is the same as in place.
+    """
+    return f"{str(results).rstrip('/')}/images/{STAGING}/{run_id}/{part}/{image_id}.ome.zarr"
+
+
+def clear_staging(results: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Remove what crashed runs left in the staging folder (call it holding the results lock)."""
+    from segpipe.io import remove
+
+    remove(f"{str(results).rstrip('/')}/images/{STAGING}", storage_options)
+
+
 FALLBACK_MODEL = "classical"
 """Used by a run that names no model when the default's weights are not installed."""
 
@@ -180,14 +206,16 @@ def plan_run(entries: Sequence[Any], states: dict[str, dict[str, Any]], model: M
 
 # -- stages -----------------------------------------------------------------------------------
 def ingest_stage(source_uri: str, image_id: str, results: str, config: SegpipeConfig,
-                 client: Any = None, storage_options: dict[str, Any] | None = None) -> Any:
-    """Source image → ``RESULTS/images/<image_id>.ome.zarr`` (replacing any leftover).
+                 client: Any = None, storage_options: dict[str, Any] | None = None,
+                 target: str | None = None) -> Any:
+    """Source image → ``RESULTS/images/<image_id>.ome.zarr`` (replacing any leftover), or
+    → ``target`` when given (a staging copy, see :func:`staging_url`).
 
     Returns the ingest's ``ImageMeta``.
     """
     from segpipe.ingest import ingest_image
 
-    return ingest_image(source_uri, image_url(results, image_id), spec=config.ingest_spec(),
+    return ingest_image(source_uri, target or image_url(results, image_id), spec=config.ingest_spec(),
                         client=client, storage_options=storage_options)
 
 
@@ -211,17 +239,27 @@ def segment_stage(zarr_url: str, model: str, config: SegpipeConfig, client: Any 
 
 
 def publish_stage(results: str, image_id: str, run_id: str, segmented: SegmentResult, row: dict[str, Any],
-                  storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                  storage_options: dict[str, Any] | None = None, staged: str | None = None) -> dict[str, Any]:
     """Make the outputs visible: region file, then the ``done`` row LAST.
 
     The label pyramid is registered already (``segment_image`` does it before it returns).
-    Returns the row written. Region files of older runs are pruned after the commit.
+    With ``staged`` (the OME-Zarr the image was built in, see :func:`staging_url`), that
+    store first replaces ``row["image_uri"]``; the replaced one is parked until the row is
+    written, put back if writing it fails, and removed after. Returns the row written.
+    Region files of older runs are pruned after the commit.
     """
     from segpipe import tables
 
     columns = {k: v for k, v in segmented.columns.items() if k not in ("image_id", "run_id")}
     tables.write_regions(results, image_id, run_id, columns, storage_options=storage_options)
-    done = {**row, "status": "done", "error": None, "labels_uri": segmented.labels_url,
+    labels_uri = segmented.labels_url
+    parked, replace_s = None, None
+    if staged is not None:
+        t0 = time.perf_counter()
+        labels_uri = row["image_uri"] + labels_uri[len(staged):]
+        parked = _swap_in(staged, row["image_uri"], staging_url(results, run_id, image_id, "old"), storage_options)
+        replace_s = time.perf_counter() - t0
+    done = {**row, "status": "done", "error": None, "labels_uri": labels_uri,
             "n_regions": int(len(columns["label"])), "n_blocks": segmented.blocks_processed,
             "n_blocks_total": segmented.blocks_total}
     if segmented.tissue_area_px is not None:
@@ -230,14 +268,72 @@ def publish_stage(results: str, image_id: str, run_id: str, segmented: SegmentRe
         done["tissue_area_um2"] = float(segmented.tissue_area_px) * mpp * mpp if mpp else None
     timings = dict(row.get("timings") or {})
     timings.update({f"segment.{k}": float(v) for k, v in segmented.timings.items() if k != "total"})
+    if replace_s is not None:
+        timings["publish.replace"] = replace_s
     done["timings"] = timings
-    tables.write_image_row(results, done, storage_options=storage_options)
+    try:
+        tables.write_image_row(results, done, storage_options=storage_options)
+    except BaseException:
+        if staged is not None:  # not committed: the last done row's outputs go back in place
+            _swap_back(staged, row["image_uri"], parked, storage_options)
+        raise
+    if parked is not None:
+        _discard(parked, image_id, storage_options)
     try:
         if tables.has_older_regions(results, image_id, run_id, storage_options=storage_options):
             tables.prune_regions(results, image_id, run_id, storage_options=storage_options)
     except Exception as exc:  # pruning is housekeeping: never fail a committed image
         log.warning("%s: could not remove older region files: %s", image_id, one_line(exc))
     return done
+
+
+def _swap_in(staged: str, live: str, park: str, storage_options: dict[str, Any] | None) -> str | None:
+    """Move ``live`` (if any) to ``park`` and ``staged`` to ``live``; return ``park`` when used.
+
+    If the second move fails (on an object store it may have copied part of the store),
+    the parked store is put back. A retry finding ``park`` still there (that failed too)
+    keeps it: it holds the outputs of the last done row.
+    """
+    from segpipe.io import exists, move, remove
+
+    parked = None
+    if exists(park, storage_options):
+        remove(live, storage_options)
+        parked = park
+    elif exists(live, storage_options):
+        move(live, park, storage_options)
+        parked = park
+    try:
+        move(staged, live, storage_options)
+    except BaseException:
+        if parked is not None:
+            try:
+                remove(live, storage_options)
+                move(parked, live, storage_options)
+            except Exception as exc:  # the parked store stays; a retry or the rerun uses it
+                log.error("%s: could not put the earlier outputs back: %s", live, one_line(exc))
+        raise
+    return parked
+
+
+def _swap_back(staged: str, live: str, parked: str | None, storage_options: dict[str, Any] | None) -> None:
+    from segpipe.io import move
+
+    try:
+        move(live, staged, storage_options)
+        if parked is not None:
+            move(parked, live, storage_options)
+    except Exception as exc:  # the rerun redoes the image (its latest row is not done)
+        log.error("%s: could not put the earlier outputs back: %s", live, one_line(exc))
+
+
+def _discard(parked: str, image_id: str, storage_options: dict[str, Any] | None) -> None:
+    from segpipe.io import remove
+
+    try:
+        remove(parked, storage_options)
+    except Exception as exc:  # housekeeping (the next run's clear_staging retries it)
+        log.warning("%s: could not remove the replaced outputs: %s", image_id, one_line(exc))
 
 
 def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str, config: SegpipeConfig,
@@ -269,6 +365,7 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
         ``done`` or ``failed`` (with the one-line error also in the images table).
     """
     from segpipe import tables
+    from segpipe.io import exists, join_url
 
     ref = model if isinstance(model, ModelRef) else resolve_model(model)
     source_uri = entry if isinstance(entry, str) else entry.uri
@@ -283,11 +380,16 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
         "config_hash": config_hash(config), "started_at": started,
     }
     timings: dict[str, float] = {}
+    work_url = zarr_url
     try:
         tables.write_image_row(results, row, storage_options=storage_options)
+        if exists(join_url(zarr_url, "zarr.json"), storage_options):  # outputs a done row may show
+            work_url = staging_url(results, run_id, image_id)
+        staged = None if work_url == zarr_url else work_url
         log.info("%s: ingesting %s", image_id, source_uri)
         t = time.perf_counter()
-        meta = run("ingest", lambda: ingest_stage(source_uri, image_id, results, config, client, storage_options))
+        meta = run("ingest", lambda: ingest_stage(source_uri, image_id, results, config, client, storage_options,
+                                                  target=staged))
         timings["ingest"] = time.perf_counter() - t
         row.update(_meta_columns(meta))
         log.info("%s: segmenting with %s", image_id, ref.name)
@@ -297,12 +399,13 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
                 progress(image_id, done, total)
 
         t = time.perf_counter()
-        segmented = run("segment", lambda: segment_stage(zarr_url, ref.load_name, config, client, storage_options,
+        segmented = run("segment", lambda: segment_stage(work_url, ref.load_name, config, client, storage_options,
                                                          chunk_progress, meta))
         timings["segment"] = time.perf_counter() - t
         t = time.perf_counter()
         row.update(finished_at=datetime.now(timezone.utc), duration_s=time.perf_counter() - t0, timings=timings)
-        done = run("publish", lambda: publish_stage(results, image_id, run_id, segmented, row, storage_options))
+        done = run("publish", lambda: publish_stage(results, image_id, run_id, segmented, row, storage_options,
+                                                    staged))
         timings["publish"] = time.perf_counter() - t
         seconds = time.perf_counter() - t0
         log.info("%s: done, %d regions in %.1f s", image_id, done["n_regions"], seconds)
@@ -318,6 +421,8 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
             tables.write_image_row(results, failed, storage_options=storage_options)
         except Exception as exc2:  # results unwritable: the run summary still says it
             log.error("%s: could not record the failure: %s", image_id, one_line(exc2))
+        if work_url != zarr_url:
+            _discard(work_url, image_id, storage_options)
         return ImageOutcome(image_id, source_uri, "failed", error, 0, seconds, None, zarr_url, timings)
 
 

@@ -43,6 +43,26 @@ def test_s3_archive_to_s3_results(s3, dask_client, fast, make_image, tmp_path):
     html = s3.fs.cat_file(first.report).decode()
     assert 'id="img-a"' in html and 'id="img-sub_b"' in html and "Regions per class" in html
     assert archive_run(source, results, overrides=fast).skipped == 2
+    # a changed image is rebuilt in the staging folder and copied over the old one at its commit
+    before = {r[0] for r in con.execute("select distinct run_id from regions where image_id = 'a'").fetchall()}
+    s3.fs.put_file(str(make_image(tmp_path / "a2.tif", seed=5)), f"{bucket}/archive/a.tif")
+    third = archive_run(source, results, overrides=fast)
+    assert (third.done, third.skipped) == (1, 1), third.failures
+    con = tables.open_results(results)
+    assert con.execute("select distinct run_id from regions where image_id = 'a'").fetchall() == [(third.run_id,)]
+    assert third.run_id not in before
+    (timings,) = con.execute("select timings from images_latest where image_id = 'a'").fetchone()
+    assert "publish.replace" in dict(timings)  # built aside, then copied in place
+    n = third.regions
+    import zarr
+
+    from segpipe.io import zarr_store
+
+    store = zarr_store(f"{results}/images/a.ome.zarr/labels/classical/0", s3.storage_options, read_only=True)
+    labels = zarr.open_array(store=store, mode="r")[...]
+    assert len(set(labels.ravel().tolist()) - {0}) == n > 0
+    s3.fs.invalidate_cache()
+    assert not s3.fs.find(f"{bucket}/results/images/.staging")  # the staging copies are gone
     with ResultsLock(results, owner="run-other", lease_s=30):
         with pytest.raises(ResultsLockedError, match="run-other"):
             archive_run(source, results, overrides=fast)

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import zarr
 
-from segpipe.io import exists, is_remote, join_url, open_binary, remove, url_to_fs, zarr_store
+from segpipe.io import exists, is_remote, join_url, move, open_binary, remove, url_to_fs, zarr_store
 
 
 def test_url_helpers() -> None:
@@ -34,6 +35,17 @@ def _roundtrip(base: str, storage_options: dict[str, Any] | None) -> None:
     with open_binary(join_url(base, "f.bin"), storage_options) as fh:
         fh.seek(4)
         assert fh.read(3) == b"456"
+    # a whole zarr tree moves under a new (not yet existing) parent, readable there
+    moved = join_url(base, "staging", "run", "a.zarr")
+    move(url, moved, storage_options)
+    assert not exists(url, storage_options) and exists(moved, storage_options)
+    ro = zarr.open_group(store=zarr_store(moved, storage_options, read_only=True), mode="r")
+    assert int(np.asarray(ro["0"][...]).sum()) == 70
+    with pytest.raises(FileExistsError, match="exists"):
+        move(join_url(base, "f.bin"), moved, storage_options)
+    with pytest.raises(FileNotFoundError):
+        move(url, join_url(base, "elsewhere"), storage_options)
+    move(moved, url, storage_options)
     remove(url, storage_options)
     remove(url, storage_options)  # absent: no error
     assert not exists(url, storage_options)
