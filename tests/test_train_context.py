@@ -80,7 +80,7 @@ def test_cli_reaches_every_training_option_with_help(capsys: pytest.CaptureFixtu
                       "--no-augment", "--schedule", "cosine", "--loader-threads", "2", "--no-amp"])
     assert cfg.widths == [8, 16, 32] and cfg.scale_range == (0.5, 2.0) and cfg.schedule == "cosine"
     assert not cfg.augment and not cfg.amp and cfg.loader_threads == 2
-    assert cfg.stain_jitter and cfg.steps == 3000  # the recipe's values stay where no option is given
+    assert cfg.stain_jitter and cfg.steps == 5200  # the recipe's values stay where no option is given
     with pytest.raises(ConfigError, match="--schedule: invalid choice: 'linear'"):
         parse_args(["--out", "n", "--data", "synthetic:nuclei", "--schedule", "linear"])
 
