@@ -234,6 +234,51 @@ def test_rerun_replaces_outputs_only_at_its_commit(archive, tmp_path, cfg, monke
     assert os.listdir(tmp_path / "results" / "images") == ["a.ome.zarr"]
 
 
+def test_next_run_puts_back_what_a_killed_commit_parked(archive, tmp_path, cfg):
+    """Killed between the swap and the done row, or between the swap's two moves: the next
+    run's clear_staging puts the last done row's store back; a committed run's is dropped."""
+    import shutil
+
+    from segpipe.pipeline import clear_staging, staging_url
+    from segpipe.pipeline._stages import _swap_in
+
+    results = str(tmp_path / "results")
+    before, labels = _first_run(archive, results, cfg)
+    blobs(archive / "a.tif", side=320, seed=7, n=9)
+    item = discover_items(str(archive), cfg)[0]
+
+    class Killed(BaseException):
+        pass
+
+    def killed_after_swap(stage, thunk):
+        if stage == "publish":  # the new store is live, the done row never comes
+            new, park = staging_url(results, "run-2", "a"), staging_url(results, "run-2", "a", "old")
+            _swap_in(new, image_url(results, "a"), park, None)
+            raise Killed()
+        return thunk()
+
+    with pytest.raises(Killed):
+        process_image(item, "a", results, ModelRef("classical"), cfg, None, "run-2", stage_runner=killed_after_swap)
+    assert _labels(results, "a").shape == (320, 320)  # uncommitted, next to run-1's regions
+    assert clear_staging(results) == ["a"]
+    np.testing.assert_array_equal(_labels(results, "a"), labels)
+    assert _visible(results) == (before, [("run-1",)])
+
+    # killed between the two moves: nothing is live
+    os.makedirs(os.path.dirname(staging_url(results, "run-3", "a", "old")))
+    os.rename(image_url(results, "a"), staging_url(results, "run-3", "a", "old"))
+    assert clear_staging(results) == ["a"]
+    np.testing.assert_array_equal(_labels(results, "a"), labels)
+
+    # a run that committed: what it parked is the replaced store
+    assert process_image(item, "a", results, ModelRef("classical"), cfg, None, "run-4").status == "done"
+    shutil.copytree(image_url(results, "a"), staging_url(results, "run-4", "a", "old"))
+    new = _labels(results, "a")
+    assert clear_staging(results) == []
+    assert _labels(results, "a").shape == (320, 320) and not os.path.exists(f"{results}/images/.staging")
+    np.testing.assert_array_equal(_labels(results, "a"), new)
+
+
 def test_plan_run_skips_only_unchanged():
     cfg = load_config(None, OVERRIDES)
     chash = config_hash(cfg)

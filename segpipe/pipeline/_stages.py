@@ -142,11 +142,39 @@ def staging_url(results: str, run_id: str, image_id: str, part: str = "new") -> 
     return f"{str(results).rstrip('/')}/images/{STAGING}/{run_id}/{part}/{image_id}.ome.zarr"
 
 
-def clear_staging(results: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Remove what crashed runs left in the staging folder (call it holding the results lock)."""
-    from segpipe.io import remove
+def clear_staging(results: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Finish what crashed runs left in the staging folder, then remove it.
 
-    remove(f"{str(results).rstrip('/')}/images/{STAGING}", storage_options)
+    Call it holding the results lock (no other run may be using the folder). A store parked
+    in ``.staging/<run>/old/`` holds the outputs of its image's last done row unless run
+    ``<run>`` committed that image (wrote the image's latest done row): then it is the
+    replaced store and goes; otherwise it goes back to ``images/``, in place of whatever a
+    crash left there (an uncommitted new store, or nothing). Returns the ids of the images
+    put back.
+    """
+    from segpipe import tables
+    from segpipe.io import move, remove, url_to_fs
+
+    base = f"{str(results).rstrip('/')}/images/{STAGING}"
+    fs, root = url_to_fs(base, storage_options)
+    root = root.rstrip("/")
+    parked = sorted(fs.glob(f"{root}/*/old/*.ome.zarr")) if fs.exists(root) else []
+    restored = []
+    if parked:
+        done = tables.latest_done(results, storage_options)
+        for path in parked:
+            run_id, _, name = path[len(root) + 1:].split("/")
+            image_id = name.removesuffix(".ome.zarr")
+            if (done.get(image_id) or {}).get("run_id") == run_id:
+                continue  # committed: this is the store the run replaced
+            live = image_url(results, image_id)
+            remove(live, storage_options)
+            move(f"{base}/{run_id}/old/{name}", live, storage_options)
+            log.warning("%s: put back the outputs of its last done run (run %s stopped before its commit)",
+                        image_id, run_id)
+            restored.append(image_id)
+    remove(base, storage_options)
+    return restored
 
 
 FALLBACK_MODEL = "classical"
