@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -49,6 +50,47 @@ def reference(kill_archive, tmp_path_factory, prefect_api):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return results, time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def changed_archive(tmp_path_factory):
+    """The same image names with other content: a rerun over it redoes every image."""
+    folder = tmp_path_factory.mktemp("kill") / "changed"
+    folder.mkdir()
+    for i in range(N_IMAGES):
+        nuclei_tif(folder / f"img{i}.tif", side=384, seed=40 + i)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def changed_reference(changed_archive, tmp_path_factory, prefect_api):
+    """An undisturbed run of the changed archive into a fresh folder."""
+    from reliability_helpers import SETTINGS, settings_env
+
+    results = tmp_path_factory.mktemp("kill") / "changed-reference"
+    env = {**os.environ, **settings_env(SETTINGS), "PREFECT_API_URL": prefect_api,
+           "SEGPIPE_RUN__N_WORKERS": "1"}
+    t0 = time.monotonic()
+    proc = subprocess.run([SEGPIPE, "run", str(changed_archive), "--out", str(results)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return results, time.monotonic() - t0
+
+
+def _check_done_results_consistent(results) -> None:
+    """Each image's last done row, its visible regions and its labels agree: the same count
+    and the same label values (the labels are registered and readable)."""
+    snap = snapshot(results)
+    assert snap["duplicates"] == 0
+    done = tables.latest_done(str(results))
+    labels: dict[str, set[int]] = {}
+    for row in snap["regions"]:
+        labels.setdefault(row[0], set()).add(int(row[1]))
+    assert set(labels) <= set(done), "regions visible for an image that has no done row"
+    for image_id, row in done.items():
+        assert len(labels.get(image_id, ())) == row["n_regions"], image_id
+        present = set(np.unique(labels_of(results, image_id)).tolist()) - {0}
+        assert present == labels.get(image_id, set()), f"{image_id}: labels do not match its visible regions"
 
 
 def _check_nothing_half_written(results) -> None:
@@ -107,3 +149,46 @@ def test_flow_killed_at_random_point(seed, kill_archive, reference, tmp_path, po
 @pytest.mark.parametrize("seed", range(2, 8))
 def test_flow_killed_at_random_point_more_seeds(seed, kill_archive, reference, tmp_path, popen_env):
     _kill_and_resume(seed, kill_archive, reference, tmp_path, popen_env)
+
+
+def _kill_rerun_and_resume(seed, reference, changed_archive, changed_reference, tmp_path, popen_env):
+    """A done results folder, rerun over changed images and killed at a random moment: the last
+    done results stay consistent (regions = labels), and resuming gives the changed reference."""
+    results = tmp_path / f"rerun-{seed}"
+    shutil.copytree(reference[0], results)
+    want_results, seconds = changed_reference
+    delay = random.Random(100 + seed).uniform(1.0, seconds)
+    proc = subprocess.Popen([SEGPIPE, "run", str(changed_archive), "--out", str(results)],
+                            env=popen_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        proc.wait(delay)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    _check_done_results_consistent(results)
+
+    resumed = subprocess.run([SEGPIPE, "run", str(changed_archive), "--out", str(results)],
+                             env=popen_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, (seed, delay, resumed.stderr[-2000:])
+    _check_done_results_consistent(results)
+    got, want = snapshot(results), snapshot(want_results)
+    assert got["regions"] == want["regions"], f"seed {seed}: regions differ after kill at {delay:.1f} s"
+    for image_id, *_ in want["images"]:
+        np.testing.assert_array_equal(labels_of(results, image_id), labels_of(want_results, image_id))
+    assert not (results / "images" / ".staging").exists()
+
+
+@pytest.mark.parametrize("seed", [1])  # seed 1 kills mid-image: the code before session 8 fails it
+def test_rerun_killed_at_random_point(seed, reference, changed_archive, changed_reference, tmp_path, popen_env):
+    _kill_rerun_and_resume(seed, reference, changed_archive, changed_reference, tmp_path, popen_env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 2, 3, 4, 5])
+def test_rerun_killed_at_random_point_more_seeds(seed, reference, changed_archive, changed_reference, tmp_path,
+                                                 popen_env):
+    _kill_rerun_and_resume(seed, reference, changed_archive, changed_reference, tmp_path, popen_env)
