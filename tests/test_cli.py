@@ -184,6 +184,18 @@ def test_ingest_command(tmp_path, dask_client):
     assert res.stdout.startswith("x: ") and (tmp_path / "res" / "images" / "x.ome.zarr" / "zarr.json").exists()
 
 
+def test_ingest_keeps_images_that_have_results(results):
+    """Re-ingesting would drop the labels that the image's visible regions belong to."""
+    from pathlib import Path
+
+    labels = Path(results) / "images" / "one.ome.zarr" / "labels" / "classical" / "zarr.json"
+    before = labels.read_bytes()
+    res = segpipe("ingest", str(Path(results).parent / "archive"), "--out", results)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "one: kept (it has the results of run run-1)"
+    assert labels.read_bytes() == before and not (Path(results) / ".segpipe.lock").exists()  # released
+
+
 def test_serve_needs_a_prefect_server(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_PROFILES_PATH"] = str(tmp_path / "profiles.toml")  # no profile with an API URL

@@ -285,20 +285,33 @@ def ingest(
 ) -> None:
     """Convert images to OME-Zarr pyramids under RESULTS/images/ without segmenting them.
 
+    Images that already have segmentation results there are left alone (`segpipe run`
+    redoes them when they change).
+
     Example: segpipe ingest /data/slides --out /data/results
     """
+    from segpipe import tables
     from segpipe.config import load_config
-    from segpipe.pipeline import discover_items, ingest_stage, open_client
+    from segpipe.lock import ResultsLock
+    from segpipe.pipeline import discover_items, ingest_stage, new_run_id, open_client
 
     cfg = load_config(config, _overrides(**{"run.cluster": cluster, "run.include": include, "run.exclude": exclude}))
     items = discover_items(source, cfg)
     if not items:
         raise ConfigError(f"{source}: no images found (check --include / --exclude)")
-    with open_client(cfg) as client:
+    # the lock keeps a run of the same results folder out while the stores are replaced
+    with ResultsLock(results, owner=f"ingest-{new_run_id()}", lease_s=cfg.run.lease_s):
+        done = tables.latest_done(results)
+        todo = [i for i in items if i.image_id not in done]
         for item in items:
-            meta = ingest_stage(item.uri, item.image_id, results, cfg, client)
-            levels = getattr(meta, "levels", [])
-            out.print(f"{item.image_id}: {getattr(meta, 'zarr_url', '')} ({len(levels)} levels)", markup=False)
+            if item.image_id in done:
+                out.print(f"{item.image_id}: kept (it has the results of run {done[item.image_id]['run_id']})",
+                          markup=False)
+        with open_client(cfg) if todo else contextlib.nullcontext() as client:
+            for item in todo:
+                meta = ingest_stage(item.uri, item.image_id, results, cfg, client)
+                levels = getattr(meta, "levels", [])
+                out.print(f"{item.image_id}: {getattr(meta, 'zarr_url', '')} ({len(levels)} levels)", markup=False)
 
 
 @app.command()
