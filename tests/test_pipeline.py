@@ -518,7 +518,14 @@ def test_noop_run_is_recorded_without_the_flow(archive, tmp_path, cfg):
         assert process_image(item, item.image_id, results, plan.model, cfg, None, "run-1").status == "done"
     plan = plan_archive(str(folder), results, None, cfg)
     assert plan.to_run == [] and len(plan.to_skip) == 2
+    import shutil
+
+    from segpipe.pipeline import staging_url
+
+    shutil.copytree(image_url(results, "a"), staging_url(results, "run-0", "a"))  # a crashed run's leftover
     summary = record_noop_run(plan)
+    assert not os.path.exists(f"{results}/images/.staging")  # cleared, the live store untouched
+    assert os.path.exists(f"{image_url(results, 'a')}/labels")
     assert (summary.done, summary.skipped, summary.failed, summary.status) == (0, 2, 0, "done")
     assert summary.report and os.path.exists(summary.report)
     con = tables.open_results(results)

@@ -24,6 +24,7 @@ from segpipe.pipeline._run import ArchiveItem, RunSummary, discover_items, run_r
 from segpipe.pipeline._stages import (
     FALLBACK_MODEL,
     ModelRef,
+    clear_staging,
     new_run_id,
     one_line,
     plan_run,
@@ -149,6 +150,10 @@ def record_noop_run(plan: RunPlan, storage_options: dict[str, Any] | None = None
         to_run, to_skip = plan_run(plan.items, states, ref, cfg)
         if to_run:
             return None
+        try:  # parked stores of a crashed run whose images have left the archive
+            clear_staging(results, storage_options)
+        except Exception as exc:  # housekeeping: the next run tries again
+            log.warning("could not clear %s/images/.staging: %s", results, one_line(exc))
         tables.write_skipped_rows(results, run_id, skipped_rows(to_skip, states, run_id), storage_options)
         summary = summarise(run_id, plan.source, results, ref, [], len(plan.items), len(to_skip), t0)
         tables.write_run_row(results, run_row(run_id, plan.source, results, ref, cfg, summary.status, started,
