@@ -178,24 +178,29 @@ def test_failed_rerun_keeps_the_last_done_outputs(archive, tmp_path, cfg):
     assert not list((tmp_path / "results" / "images" / ".staging").rglob("*.ome.zarr"))
 
 
-def test_rerun_replaces_outputs_only_at_its_commit(archive, tmp_path, cfg, monkeypatch):
+class Killed(BaseException):
+    """The process dying at this point (no handler below the test catches it)."""
+
+
+def _done_then_changed(archive, tmp_path, cfg):
+    """Run 1 done on image ``a``, whose source then changes: (results, visible rows, labels, item)."""
     results = str(tmp_path / "results")
     before, labels = _first_run(archive, results, cfg)
     blobs(archive / "a.tif", side=320, seed=7, n=9)
-    item = discover_items(str(archive), cfg)[0]
+    return results, before, labels, discover_items(str(archive), cfg)[0]
 
-    class Crash(BaseException):
-        pass
 
+def test_rerun_replaces_outputs_only_at_its_commit(archive, tmp_path, cfg, monkeypatch):
+    results, before, labels, item = _done_then_changed(archive, tmp_path, cfg)
     seen = {}
 
     def crash_before_publish(stage, thunk):
         if stage == "publish":
             seen["staged"] = _labels(results, "a").copy()  # segmenting did not touch the live labels
-            raise Crash()
+            raise Killed()
         return thunk()
 
-    with pytest.raises(Crash):
+    with pytest.raises(Killed):
         process_image(item, "a", results, ModelRef("classical"), cfg, None, "run-2", stage_runner=crash_before_publish)
     np.testing.assert_array_equal(seen["staged"], labels)
     assert _visible(results) == (before, [("run-1",)])
@@ -242,13 +247,7 @@ def test_next_run_puts_back_what_a_killed_commit_parked(archive, tmp_path, cfg):
     from segpipe.pipeline import clear_staging, staging_url
     from segpipe.pipeline._stages import _swap_in
 
-    results = str(tmp_path / "results")
-    before, labels = _first_run(archive, results, cfg)
-    blobs(archive / "a.tif", side=320, seed=7, n=9)
-    item = discover_items(str(archive), cfg)[0]
-
-    class Killed(BaseException):
-        pass
+    results, before, labels, item = _done_then_changed(archive, tmp_path, cfg)
 
     def killed_after_swap(stage, thunk):
         if stage == "publish":  # the new store is live, the done row never comes

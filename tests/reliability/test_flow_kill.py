@@ -28,53 +28,62 @@ pytestmark = pytest.mark.timeout(600)
 N_IMAGES = 4
 
 
-@pytest.fixture(scope="module")
-def kill_archive(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("kill") / "archive"
+def _archive(folder, first_seed):
     folder.mkdir()
     for i in range(N_IMAGES):
-        nuclei_tif(folder / f"img{i}.tif", side=384, seed=20 + i)
+        nuclei_tif(folder / f"img{i}.tif", side=384, seed=first_seed + i)
     return folder
+
+
+@pytest.fixture(scope="module")
+def kill_archive(tmp_path_factory):
+    return _archive(tmp_path_factory.mktemp("kill") / "archive", 20)
+
+
+def _undisturbed_run(archive, results, prefect_api):
+    """``segpipe run`` to completion: (results folder, seconds it took)."""
+    from reliability_helpers import SETTINGS, settings_env
+
+    env = {**os.environ, **settings_env(SETTINGS), "PREFECT_API_URL": prefect_api,
+           "SEGPIPE_RUN__N_WORKERS": "1"}
+    t0 = time.monotonic()
+    proc = subprocess.run([SEGPIPE, "run", str(archive), "--out", str(results)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return results, time.monotonic() - t0
+
+
+def _run_killed_after(delay, archive, results, popen_env) -> None:
+    """``segpipe run`` SIGKILLed (with its cluster: the whole process group) after ``delay`` s."""
+    proc = subprocess.Popen([SEGPIPE, "run", str(archive), "--out", str(results)],
+                            env=popen_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        proc.wait(delay)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # flow, cluster and workers: nothing left behind
+        proc.wait(30)
 
 
 @pytest.fixture(scope="module")
 def reference(kill_archive, tmp_path_factory, prefect_api):
     """An undisturbed run of the archive: (results folder, seconds it took)."""
-    from reliability_helpers import SETTINGS, settings_env
-
-    results = tmp_path_factory.mktemp("kill") / "reference"
-    env = {**os.environ, **settings_env(SETTINGS), "PREFECT_API_URL": prefect_api,
-           "SEGPIPE_RUN__N_WORKERS": "1"}
-    t0 = time.monotonic()
-    proc = subprocess.run([SEGPIPE, "run", str(kill_archive), "--out", str(results)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return results, time.monotonic() - t0
+    return _undisturbed_run(kill_archive, tmp_path_factory.mktemp("kill") / "reference", prefect_api)
 
 
 @pytest.fixture(scope="module")
 def changed_archive(tmp_path_factory):
     """The same image names with other content: a rerun over it redoes every image."""
-    folder = tmp_path_factory.mktemp("kill") / "changed"
-    folder.mkdir()
-    for i in range(N_IMAGES):
-        nuclei_tif(folder / f"img{i}.tif", side=384, seed=40 + i)
-    return folder
+    return _archive(tmp_path_factory.mktemp("kill") / "changed", 40)
 
 
 @pytest.fixture(scope="module")
 def changed_reference(changed_archive, tmp_path_factory, prefect_api):
     """An undisturbed run of the changed archive into a fresh folder."""
-    from reliability_helpers import SETTINGS, settings_env
-
-    results = tmp_path_factory.mktemp("kill") / "changed-reference"
-    env = {**os.environ, **settings_env(SETTINGS), "PREFECT_API_URL": prefect_api,
-           "SEGPIPE_RUN__N_WORKERS": "1"}
-    t0 = time.monotonic()
-    proc = subprocess.run([SEGPIPE, "run", str(changed_archive), "--out", str(results)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return results, time.monotonic() - t0
+    return _undisturbed_run(changed_archive, tmp_path_factory.mktemp("kill") / "changed-reference", prefect_api)
 
 
 def _check_done_results_consistent(results) -> None:
@@ -113,17 +122,7 @@ def _kill_and_resume(seed, kill_archive, reference, tmp_path, popen_env):
     ref_results, ref_seconds = reference
     results = tmp_path / f"killed-{seed}"
     delay = random.Random(seed).uniform(1.0, ref_seconds)
-    proc = subprocess.Popen([SEGPIPE, "run", str(kill_archive), "--out", str(results)],
-                            env=popen_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        proc.wait(delay)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # flow, cluster and workers: nothing left behind
-        proc.wait(30)
+    _run_killed_after(delay, kill_archive, results, popen_env)
     _check_nothing_half_written(results)
 
     resumed = subprocess.run([SEGPIPE, "run", str(kill_archive), "--out", str(results)],
@@ -158,17 +157,7 @@ def _kill_rerun_and_resume(seed, reference, changed_archive, changed_reference, 
     shutil.copytree(reference[0], results)
     want_results, seconds = changed_reference
     delay = random.Random(100 + seed).uniform(1.0, seconds)
-    proc = subprocess.Popen([SEGPIPE, "run", str(changed_archive), "--out", str(results)],
-                            env=popen_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        proc.wait(delay)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+    _run_killed_after(delay, changed_archive, results, popen_env)
     _check_done_results_consistent(results)
 
     resumed = subprocess.run([SEGPIPE, "run", str(changed_archive), "--out", str(results)],
