@@ -301,12 +301,13 @@ def ingest(
         raise ConfigError(f"{source}: no images found (check --include / --exclude)")
     # the lock keeps a run of the same results folder out while the stores are replaced
     with ResultsLock(results, owner=f"ingest-{new_run_id()}", lease_s=cfg.run.lease_s):
-        done = tables.latest_done(results)
-        todo = [i for i in items if i.image_id not in done]
+        done, todo = tables.latest_done(results), []
         for item in items:
             if item.image_id in done:
                 out.print(f"{item.image_id}: kept (it has the results of run {done[item.image_id]['run_id']})",
                           markup=False)
+            else:
+                todo.append(item)
         with open_client(cfg) if todo else contextlib.nullcontext() as client:
             for item in todo:
                 meta = ingest_stage(item.uri, item.image_id, results, cfg, client)

@@ -408,12 +408,12 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
         "config_hash": config_hash(config), "started_at": started,
     }
     timings: dict[str, float] = {}
-    work_url = zarr_url
+    staged: str | None = None  # where the image is rebuilt when it already has outputs
     try:
         tables.write_image_row(results, row, storage_options=storage_options)
         if exists(join_url(zarr_url, "zarr.json"), storage_options):  # outputs a done row may show
-            work_url = staging_url(results, run_id, image_id)
-        staged = None if work_url == zarr_url else work_url
+            staged = staging_url(results, run_id, image_id)
+        work_url = staged or zarr_url
         log.info("%s: ingesting %s", image_id, source_uri)
         t = time.perf_counter()
         meta = run("ingest", lambda: ingest_stage(source_uri, image_id, results, config, client, storage_options,
@@ -449,8 +449,8 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
             tables.write_image_row(results, failed, storage_options=storage_options)
         except Exception as exc2:  # results unwritable: the run summary still says it
             log.error("%s: could not record the failure: %s", image_id, one_line(exc2))
-        if work_url != zarr_url:
-            _discard(work_url, image_id, storage_options)
+        if staged is not None:
+            _discard(staged, image_id, storage_options)
         return ImageOutcome(image_id, source_uri, "failed", error, 0, seconds, None, zarr_url, timings)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from segpipe.errors import ConfigError, SegpipeError
+from segpipe.errors import SegpipeError
 from segpipe.metrics import DEFAULT_THRESHOLDS, confusion_matrix, instance_metrics, iou_per_class
 
 __all__ = [
@@ -132,16 +132,12 @@ def heldout_pairs(models: list[str], folder: str) -> dict[str, dict[str, Any]]:
 
     from segpipe.models import load_model
     from segpipe.predict import segment_array_full
-    from segpipe.train._data import _mpp, _open_array, _region_reader, find_pairs
+    from segpipe.train._data import folder_items
 
     torch.set_num_threads(1)
-    data = []
-    for img_path, mask_path in find_pairs(Path(folder)):
-        image_read, shape, _ = _region_reader(*_open_array(img_path), img_path)
-        mask_read, mask_shape, _ = _region_reader(*_open_array(mask_path), mask_path)
-        if mask_shape != shape:
-            raise ConfigError(f"{mask_path}: mask shape {mask_shape} differs from its image's {shape}")
-        data.append((str(img_path), image_read(0, 0, *shape), mask_read(0, 0, *shape)[0], _mpp(img_path)))
+    # training's own reader of pairs (and its checks); the task only shapes its sampling index
+    data = [(item.name, item.read(0, 0, *item.shape), item.read_target(0, 0, *item.shape), item.mpp)
+            for item in folder_items(Path(folder), "instance")]
     result: dict[str, dict[str, Any]] = {}
     for name in models:
         model = load_model(name, device="cpu")
