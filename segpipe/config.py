@@ -70,6 +70,7 @@ class IngestSettings(_Stage):
     shard: int | None = Field(None, ge=64, description="Shard side (pixels, a multiple of chunk); None writes unsharded arrays.")
     compression: Literal["zstd", "blosc", "none"] = Field("zstd", description="Codec of the OME-Zarr chunks.")
     min_size: int = Field(1024, ge=16, description="Stop adding pyramid levels once the long side is at most this many pixels.")
+    mpp: float | None = Field(None, gt=0, description="Pixel size (µm/px) of every source image, instead of what the files state: for archives whose files lack it or state a wrong one. None: the files' own.")
 
     @field_validator("shard")
     @classmethod
@@ -164,7 +165,7 @@ class SegpipeConfig(BaseSettings):
         from segpipe.ingest import IngestSpec
 
         s = self.ingest
-        return IngestSpec(chunk=s.chunk, shard=s.shard, compression=s.compression, min_size=s.min_size)
+        return IngestSpec(chunk=s.chunk, shard=s.shard, compression=s.compression, min_size=s.min_size, mpp=s.mpp)
 
 
 def _read_file(path: str) -> dict[str, Any]:
@@ -314,6 +315,8 @@ def results_settings(config: SegpipeConfig) -> dict[str, Any]:
     """
     data = _result_fields(config)
     data["infer"].pop("model", None)
+    if data["ingest"].get("mpp") is None:  # unset: results made before the setting keep their hash
+        data["ingest"].pop("mpp", None)
     data["run"] = {k: v for k, v in data.get("run", {}).items()}
     if not data["run"]:
         data.pop("run")

@@ -75,6 +75,10 @@ def default_grid(card: ModelCard) -> str:
 
 #: Pixel sizes within this relative difference of the model's are not resampled.
 SCALE_TOLERANCE = 0.1
+#: Largest enlargement :func:`model_scale` accepts: an image whose pixels are more than this
+#: many times the model's is refused (its pixel size is almost certainly wrong, e.g. a
+#: screen dpi, and enlarging it would need the square of this factor in memory).
+MAX_UPSAMPLE = 8.0
 
 
 def model_scale(mpp: float | None, card: ModelCard) -> float:
@@ -93,7 +97,14 @@ def model_scale(mpp: float | None, card: ModelCard) -> float:
     """
     if not mpp or not card.mpp or abs(mpp / card.mpp - 1.0) <= SCALE_TOLERANCE:
         return 1.0
-    return float(mpp / card.mpp)
+    scale = float(mpp / card.mpp)
+    if scale > MAX_UPSAMPLE:
+        raise ConfigError(
+            f"pixel size {mpp:g} µm/px is {scale:.3g}× the model's {card.mpp:g} µm/px, more than "
+            f"segpipe enlarges an image ({MAX_UPSAMPLE:g}×): the file's pixel size is likely wrong; "
+            "set the right one with ingest.mpp (config file or SEGPIPE_INGEST__MPP)"
+        )
+    return scale
 
 
 MASK_CELL = 128

@@ -193,7 +193,7 @@ def test_is_complete_and_read_meta_on_missing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"chunk": 15}, {"chunk": 100, "shard": 150}, {"compression": "lzma"}, {"min_size": 0}],
+    [{"chunk": 15}, {"chunk": 100, "shard": 150}, {"compression": "lzma"}, {"min_size": 0}, {"mpp": 0}],
 )
 def test_spec_validation(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="IngestSpec"):
@@ -211,6 +211,23 @@ def test_png_single_level_grey(tmp_path: Path, io_helpers: Any) -> None:
     assert "unit" not in root.attrs["ome"]["multiscales"][0]["axes"][1]
     for g, w in zip(_read_levels(url), reference_pyramid(data, 64), strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+def test_pixel_size_override(tmp_path: Path, io_helpers: Any) -> None:
+    """``ingest.mpp`` replaces a file's pixel size (here none) in the metadata ingest writes."""
+    from segpipe.config import config_hash, load_config, results_settings
+
+    path = tmp_path / "g.png"
+    io_helpers.write_png(path, io_helpers.smooth_image((1, 64, 48), np.uint8))
+    spec = load_config(None, {"ingest.mpp": 0.25}).ingest_spec()
+    meta = ingest_image(str(path), str(tmp_path / "g.ome.zarr"), spec)
+    assert meta.mpp == 0.25 and read_meta(str(tmp_path / "g.ome.zarr")).mpp == 0.25
+    multiscales = zarr.open_group(str(tmp_path / "g.ome.zarr"), mode="r").attrs["ome"]["multiscales"][0]
+    assert multiscales["axes"][1]["unit"] == "micrometer"
+    assert multiscales["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.25, 0.25]
+    # a changed setting redoes the images; unset, the hash is the one results made before it had
+    assert config_hash(load_config(None, {"ingest.mpp": 0.25})) != config_hash(load_config())
+    assert "mpp" not in results_settings(load_config())["ingest"]
 
 
 @pytest.mark.slow

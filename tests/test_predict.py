@@ -196,6 +196,11 @@ def test_segment_array_predicts_like_the_pipeline() -> None:
     assert P.model_scale(0.54, scaled.card) == 1.0 and P.model_scale(0.56, scaled.card) == pytest.approx(1.12)
     np.testing.assert_array_equal(segment_array(img, scaled, mpp=0.54), segment_array(img, scaled))
     assert P.default_grid(CLASSICAL.card) == "global" and P.default_grid(model.card) == "window"
+    # a pixel size far coarser than the model's (a screen dpi taken for a scan) is refused,
+    # not enlarged 700× (which asked for 122 GiB)
+    assert P.model_scale(4.0, scaled.card) == pytest.approx(8.0)
+    with pytest.raises(ConfigError, match=r"352.7 µm/px is 705× the model's 0.5 µm/px.*ingest.mpp"):
+        segment_array(img, scaled, mpp=352.7)
 
 
 def test_scaled_windows_agree_with_the_whole_image() -> None:

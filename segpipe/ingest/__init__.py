@@ -60,12 +60,16 @@ class IngestSpec:
         ``"zstd"`` (default), ``"blosc"`` (blosc-zstd with byte shuffle) or ``"none"``.
     min_size : int
         Levels are added while the long side of the last level exceeds this.
+    mpp : float or None
+        Pixel size (µm/px) to record for every image instead of the file's own (for
+        files that lack it or state a wrong one); None keeps the file's.
     """
 
     chunk: int = 1024
     shard: int | None = None
     compression: str = "zstd"
     min_size: int = 1024
+    mpp: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.chunk, int) or self.chunk < 16 or self.chunk % 2:
@@ -84,6 +88,8 @@ class IngestSpec:
             )
         if not isinstance(self.min_size, int) or self.min_size < 1:
             raise ConfigError(f"IngestSpec.min_size={self.min_size!r}: use a positive integer")
+        if self.mpp is not None and not (isinstance(self.mpp, int | float) and 0 < self.mpp < float("inf")):
+            raise ConfigError(f"IngestSpec.mpp={self.mpp!r}: use a pixel size in µm/px, e.g. 0.25 (or None)")
 
     @property
     def block(self) -> int:
@@ -119,9 +125,9 @@ def _compressors(name: str) -> Any:
     return None
 
 
-def _ome_attrs(src: ImageSource, levels: list[tuple[int, int]], name: str) -> dict[str, Any]:
-    unit = {"unit": "micrometer"} if src.mpp is not None else {}
-    base = src.mpp if src.mpp is not None else 1.0
+def _ome_attrs(src: ImageSource, levels: list[tuple[int, int]], name: str, mpp: float | None) -> dict[str, Any]:
+    unit = {"unit": "micrometer"} if mpp is not None else {}
+    base = mpp if mpp is not None else 1.0
     datasets = [
         {
             "path": str(i),
@@ -199,8 +205,9 @@ def ingest_image(
         levels = level_shapes_for(src.level_shapes[0], spec.min_size)
         c = src.n_channels
         name = source_uri.rstrip("/").rsplit("/", 1)[-1]
+        mpp = src.mpp if spec.mpp is None else float(spec.mpp)
         own = {
-            "mpp": src.mpp,
+            "mpp": mpp,
             "modality": src.modality,
             "source_uri": str(source_uri),
             "channel_names": list(src.channel_names),
@@ -215,7 +222,7 @@ def ingest_image(
             store=store,
             zarr_format=3,
             overwrite=True,
-            attributes={"ome": _ome_attrs(src, levels, name), "segpipe": own},
+            attributes={"ome": _ome_attrs(src, levels, name, mpp), "segpipe": own},
         )
         for i, (ly, lx) in enumerate(levels):
             zarr.create_array(  # through a store rooted at the level: zarr checks one parent
@@ -234,7 +241,7 @@ def ingest_image(
             shape=levels[0],
             n_channels=c,
             dtype=np.dtype(src.dtype),
-            mpp=src.mpp,
+            mpp=mpp,
             modality=src.modality,
             levels=levels,
             channel_names=list(src.channel_names),

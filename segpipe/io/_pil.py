@@ -19,7 +19,7 @@ import numpy as np
 
 from segpipe.errors import ImageReadError, ImageTooLargeError, UnsupportedImageError
 from segpipe.io._fsutil import open_binary
-from segpipe.io._source import ImageSource, check_size
+from segpipe.io._source import ImageSource, check_size, mpp_from_resolution
 
 __all__ = ["PilSource", "is_png", "is_jpeg"]
 
@@ -129,12 +129,7 @@ class PilSource(ImageSource):
 
 def _mpp_from_dpi(dpi: Any) -> float | None:
     """µm per pixel from a PNG pHYs chunk / JPEG density, when given in real units."""
-    if not dpi:
-        return None
     try:
-        xdpi = float(dpi[0])
+        return mpp_from_resolution(float(dpi[0]), 25400.0)
     except (TypeError, ValueError, IndexError):
         return None
-    if xdpi <= 0 or round(xdpi, 3) in (1.0, 72.0, 96.0):  # unit-less or tool defaults
-        return None
-    return 25400.0 / xdpi

@@ -92,6 +92,39 @@ def check_size(shape: tuple[int, int], uri: str, limit: int = MAX_PIXELS) -> Non
         )
 
 
+#: Resolutions (dots per inch) that image tools write when they know nothing about the
+#: pixel size: 1 (unit-less), the screen defaults 72 and 96.
+DEFAULT_DPI = (1.0, 72.0, 96.0)
+#: Relative tolerance for :data:`DEFAULT_DPI`: a PNG stores pixels per metre (72 dpi is
+#: 2835 px/m = 72.009 dpi) and JPEG / TIFF may state pixels per cm (28 px/cm = 71.12 dpi).
+_DPI_TOLERANCE = 0.015
+
+
+def mpp_from_resolution(pixels_per_unit: float, unit_um: float) -> float | None:
+    """µm per pixel from a file's resolution (``pixels_per_unit`` pixels per ``unit_um`` µm).
+
+    None when the value is not a pixel size: not positive, or within 1.5 % of one of the
+    tool defaults :data:`DEFAULT_DPI`, however the file's unit expresses it.
+
+    Examples
+    --------
+    >>> mpp_from_resolution(50800, 25400)  # 50 800 dpi
+    0.5
+    >>> mpp_from_resolution(2835, 1e6), mpp_from_resolution(28, 1e4)  # 72 dpi in px/m, px/cm
+    (None, None)
+    """
+    try:
+        ppu, unit = float(pixels_per_unit), float(unit_um)
+    except (TypeError, ValueError):
+        return None
+    if not (ppu > 0 and unit > 0) or not np.isfinite(ppu / unit):
+        return None
+    dpi = ppu * 25400.0 / unit
+    if any(abs(dpi / d - 1.0) <= _DPI_TOLERANCE for d in DEFAULT_DPI):
+        return None
+    return unit / ppu
+
+
 def check_channels(n: int, uri: str) -> None:
     """Raise :class:`UnsupportedImageError` for 0 or more than :data:`MAX_CHANNELS` channels."""
     if not 1 <= n <= MAX_CHANNELS:

@@ -1,7 +1,8 @@
 """TIFF reader: BigTIFF pyramids, SVS, NDPI, OME-TIFF (SubIFDs), plain strip TIFFs.
 
-Pyramid levels come from tifffile's first series (``series[0].levels``); pages of further
-series that look like reduced copies of level 0 are appended (generic multi-page pyramids).
+Pyramid levels come from tifffile's largest series (its ``levels``; the first series in
+pyramids, not when a thumbnail or macro image comes first); pages of other series that look
+like reduced copies of level 0 are appended (generic multi-page pyramids).
 When series detection fails (e.g. "incompatible keyframe" in files written by other tools)
 the levels are picked from the pages and their SubIFDs directly: the largest page is level 0,
 smaller pages with the same pixel type, samples, tiling and aspect ratio are the lower
@@ -29,7 +30,7 @@ import tifffile
 
 from segpipe.errors import ImageReadError, UnsupportedImageError
 from segpipe.io._fsutil import open_binary
-from segpipe.io._source import ImageSource
+from segpipe.io._source import ImageSource, mpp_from_resolution
 
 __all__ = ["TiffSource", "is_tiff"]
 
@@ -39,6 +40,8 @@ _UNIT_TO_UM = {
     "pm": 1e-6,
     "nm": 1e-3,
     "µm": 1.0,
+    "\u03bcm": 1.0,  # Greek mu
+    "\\u00B5m": 1.0,  # as ImageJ writes it in its description
     "um": 1.0,
     "micron": 1.0,
     "mm": 1e3,
@@ -46,8 +49,8 @@ _UNIT_TO_UM = {
     "m": 1e6,
     "Å": 1e-4,
     "A": 1e-4,
+    "in": 25400.0,
 }
-_DEFAULT_DPI = (1.0, 72.0, 96.0)  # written by tools that know nothing about pixel size
 _SVS_MPP = re.compile(r"MPP\s*=\s*([0-9.eE+-]+)")
 
 
@@ -59,11 +62,14 @@ def is_tiff(head: bytes) -> bool:
 class _Level:
     """One pyramid level: a tifffile series level or page, opened as zarr on first use."""
 
-    def __init__(self, obj: Any, axes: str, shape: tuple[int, ...], drop_alpha: bool) -> None:
+    def __init__(
+        self, obj: Any, axes: str, shape: tuple[int, ...], drop_alpha: bool, colors: Any = None
+    ) -> None:
         self.obj = obj
         self.axes = axes
         self.shape = shape
         self.drop_alpha = drop_alpha
+        self.colors = colors  # see _photometric
         self._array: Any = None
         y = shape[axes.index("Y")]
         x = shape[axes.index("X")]
@@ -83,7 +89,7 @@ class _Level:
     def read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         if self._page is not None:
             data = _read_segments(self._page, y0, x0, y1, x1, self._edges)
-            return data[:3] if self.drop_alpha else data
+            return self._convert(data[:3] if self.drop_alpha else data)
         index: list[Any] = []
         kept = ""
         for ax, n in zip(self.axes, self.shape, strict=True):
@@ -103,7 +109,15 @@ class _Level:
             data = data[np.newaxis]
             kept = "C" + kept
         data = np.moveaxis(data, [kept.index("C"), kept.index("Y"), kept.index("X")], [0, 1, 2])
-        return data[:3] if self.drop_alpha else data
+        return self._convert(data[:3] if self.drop_alpha else data)
+
+    def _convert(self, data: np.ndarray) -> np.ndarray:
+        """Stored values → what the page shows (:func:`_photometric`)."""
+        if self.colors is None:
+            return data
+        if isinstance(self.colors, np.ndarray):  # palette: (3, n) colour table
+            return self.colors[:, data[0]]
+        return np.invert(data) if data.dtype.kind in "uib" else -data  # min-is-white
 
 
 def _direct_page(obj: Any, axes: str, shape: tuple[int, ...]) -> Any:
@@ -282,16 +296,22 @@ class TiffSource(ImageSource):
             n_channels = _channel_count(first.axes, first.shape, uri)
             if first.drop_alpha:
                 n_channels = 3
-            names, mpp = _metadata(self._tif, page0, n_channels)
+            palette = isinstance(first.colors, np.ndarray) and n_channels == 1
+            if not palette and isinstance(first.colors, np.ndarray):  # several palette pages as channels
+                raise UnsupportedImageError(f"{uri}: palette (colour-table) TIFF with {n_channels} "
+                                            "channels; save each image as RGB")  # fmt: skip
+            if palette:
+                n_channels = 3
+            names, mpp = _metadata(self._tif, page0, n_channels, _series_index(self._tif, first.obj))
             super().__init__(
                 uri,
                 [lvl.yx for lvl in self._levels],
                 n_channels,
-                page0.dtype,
+                first.colors.dtype if palette else page0.dtype,
                 mpp,
                 channel_names=names,
                 storage_options=storage_options,
-                rgb=n_channels == 3 and int(getattr(page0, "photometric", 1)) in (2, 6),
+                rgb=palette or (n_channels == 3 and int(getattr(page0, "photometric", 1)) in (2, 6)),
             )
         except BaseException:
             self._tif.close()
@@ -306,16 +326,43 @@ class TiffSource(ImageSource):
         self._fh.close()
 
 
+def _series_index(tif: tifffile.TiffFile, obj: Any) -> int:
+    """Position of series ``obj`` in the file (0 for a page, or when series detection fails)."""
+    try:
+        return next((i for i, ser in enumerate(tif.series) if ser is obj), 0)
+    except Exception:
+        return 0
+
+
 def _first_page(obj: Any) -> Any:
     """The keyframe page of a tifffile series (or the page itself)."""
     return getattr(obj, "keyframe", None) or obj
+
+
+def _photometric(page: Any) -> Any:
+    """How to show a page's stored values: None (as stored); ``"invert"`` for a one-sample
+    min-is-white page (0 is white: integers become ``max - v``, floats ``-v``); or the
+    ``(3, n)`` colour table of a palette page (uint8 when every entry is a multiple of 257,
+    as TIFF writers scale 8-bit colours)."""
+    photometric = int(getattr(page, "photometric", -1))
+    if int(getattr(page, "samplesperpixel", 1)) != 1:
+        return None
+    if photometric == 0:
+        return "invert"
+    colormap = getattr(page, "colormap", None) if photometric == 3 else None
+    if colormap is None:
+        return None
+    table = np.asarray(colormap)
+    if table.ndim != 2 or table.shape[0] != 3:
+        return None
+    return (table // 257).astype(np.uint8) if not (table % 257).any() else table.astype(np.uint16)
 
 
 def _level_from(obj: Any) -> _Level:
     page = _first_page(obj)
     axes, shape = str(obj.axes), tuple(int(n) for n in obj.shape)
     samples = int(getattr(page, "samplesperpixel", 1))
-    return _Level(obj, axes, shape, drop_alpha=_is_rgba(page, samples))
+    return _Level(obj, axes, shape, drop_alpha=_is_rgba(page, samples), colors=_photometric(page))
 
 
 def _find_levels(tif: tifffile.TiffFile, uri: str) -> list[_Level]:
@@ -336,12 +383,16 @@ def _levels_from_series(tif: tifffile.TiffFile) -> list[_Level]:
     series = list(tif.series)
     if not series:
         return []
-    main = series[0]
+    # the largest series is the image (usually the first; not when a thumbnail or a macro
+    # image comes first, as in some multi-page and OME files), as with pages below
+    main = max(series, key=lambda s: _yx(_first_page(s))[0] * _yx(_first_page(s))[1])
     levels = [_level_from(lvl) for lvl in main.levels]
     base = _first_page(main)
     # A generic multi-page pyramid may show up as one series per page: append reduced copies.
     if len(levels) == 1 and len(series) > 1:
-        for other in series[1:]:
+        for other in series:
+            if other is main:
+                continue
             cand = _level_from(other)
             if _looks_like_level(_first_page(other), base, cand.yx, levels[-1].yx):
                 levels.append(cand)
@@ -389,13 +440,14 @@ def _levels_from_pages(tif: tifffile.TiffFile, uri: str) -> list[_Level]:
 
 
 def _metadata(
-    tif: tifffile.TiffFile, page0: Any, n_channels: int
+    tif: tifffile.TiffFile, page0: Any, n_channels: int, image: int = 0
 ) -> tuple[list[str] | None, float | None]:
-    """Channel names and level-0 µm/px from OME-XML, the SVS description or XResolution."""
+    """Channel names and level-0 µm/px from OME-XML (its ``image``-th Image: the series
+    read), the SVS description or XResolution."""
     names: list[str] | None = None
     mpp: float | None = None
     if tif.is_ome and tif.ome_metadata:
-        names, mpp = _ome_metadata(tif.ome_metadata)
+        names, mpp = _ome_metadata(tif.ome_metadata, image)
     if mpp is None and tif.is_svs:
         match = _SVS_MPP.search(str(page0.description or ""))
         if match:
@@ -404,18 +456,19 @@ def _metadata(
             except ValueError:
                 mpp = None
     if mpp is None:
-        mpp = _resolution_mpp(page0)
+        mpp = _resolution_mpp(page0, (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None)
     if names is not None and len(names) != n_channels:
         names = None
     return names, mpp
 
 
-def _ome_metadata(xml: str) -> tuple[list[str] | None, float | None]:
+def _ome_metadata(xml: str, image: int = 0) -> tuple[list[str] | None, float | None]:
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return None, None
-    pixels = root.find("{*}Image/{*}Pixels")
+    images = root.findall("{*}Image")
+    pixels = images[image if image < len(images) else 0].find("{*}Pixels") if images else None
     if pixels is None:
         return None, None
     mpp = None
@@ -431,17 +484,17 @@ def _ome_metadata(xml: str) -> tuple[list[str] | None, float | None]:
     return names, mpp
 
 
-def _resolution_mpp(page: Any) -> float | None:
-    """µm per pixel from XResolution + ResolutionUnit (inch or cm), None when not stated."""
+def _resolution_mpp(page: Any, imagej_unit: Any = None) -> float | None:
+    """µm per pixel from XResolution + ResolutionUnit (inch or cm; ImageJ / Fiji files say
+    "none" and name the unit in their description), None when not stated."""
     try:
         unit = int(page.resolutionunit)
         xres = float(page.resolution[0])
     except Exception:
         return None
-    if xres <= 0 or unit not in (2, 3):
+    if unit == 1 and isinstance(imagej_unit, str):
+        um = _UNIT_TO_UM.get(imagej_unit.strip())
+        return None if um is None or xres <= 0 else um / xres
+    if unit not in (2, 3):
         return None
-    if unit == 2:
-        if xres in _DEFAULT_DPI:
-            return None
-        return 25400.0 / xres
-    return 10000.0 / xres
+    return mpp_from_resolution(xres, 25400.0 if unit == 2 else 10000.0)

@@ -334,3 +334,88 @@ def test_ome_subifd_pages_fallback(
     with open_image(str(path)) as src:
         assert src.level_shapes == [lv.shape[1:] for lv in levels]
         np.testing.assert_array_equal(src.read_region(1, 0, 0, *levels[1].shape[1:]), levels[1])
+
+
+def _png(path: Path, **save: Any) -> str:
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(path, **save)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "save", "mpp"),
+    [
+        ("png-72dpi.png", {"dpi": (72, 72)}, None),  # stored as 2835 px/m = 72.009 dpi
+        ("png-96dpi.png", {"dpi": (96, 96)}, None),
+        ("jpeg-28-per-cm.jpg", {"dpi": (71.12, 71.12)}, None),  # JFIF density 28 px/cm
+        ("png-50800dpi.png", {"dpi": (50800, 50800)}, 0.5),
+        ("png-nodpi.png", {}, None),
+    ],
+)
+def test_screen_default_resolutions_are_no_pixel_size(tmp_path: Path, name: str, save: dict[str, Any],
+                                                       mpp: float | None) -> None:  # fmt: skip
+    """A PNG / JPEG saved at a screen's 72 or 96 dpi (in px/m or px/cm) has no pixel size;
+    it read as ~350 µm/px before session 9, and the nuclei model then asked for 122 GiB."""
+    with open_image(_png(tmp_path / name, **save)) as src:
+        assert src.mpp == (None if mpp is None else pytest.approx(mpp, rel=1e-4))
+
+
+def test_tiff_resolution_in_cm_at_72_dpi_and_imagej_units(tmp_path: Path) -> None:
+    import tifffile
+
+    image = np.zeros((20, 30), np.uint8)
+    tifffile.imwrite(tmp_path / "cm72.tif", image, resolution=(28.35, 28.35), resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "cm.tif", image, resolution=(40000, 40000), resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "fiji.tif", image, imagej=True, resolution=(4, 4), metadata={"unit": "um"})
+    with open_image(str(tmp_path / "cm72.tif")) as a, open_image(str(tmp_path / "cm.tif")) as b:
+        assert (a.mpp, b.mpp) == (None, pytest.approx(0.25))
+    with open_image(str(tmp_path / "fiji.tif")) as fiji:  # ResolutionUnit NONE, unit in the description
+        assert fiji.mpp == pytest.approx(0.25)
+
+
+def test_min_is_white_and_palette_tiffs_read_as_shown(tmp_path: Path) -> None:
+    """Stored values are shown the way viewers show them: a min-is-white page inverted, a
+    palette page through its colour table (RGB), as Pillow reads both."""
+    import tifffile
+    from PIL import Image
+
+    dark_square = np.full((8, 8), 255, np.uint8)
+    dark_square[2:6, 2:6] = 30
+    tifffile.imwrite(tmp_path / "miw.tif", 255 - dark_square, photometric="miniswhite")
+    index = np.zeros((8, 8), np.uint8)
+    index[2:6, 2:6] = 1
+    table = np.zeros((3, 256), np.uint16)
+    table[:, 0] = 255 * 257  # white
+    table[0, 1] = 255 * 257  # red
+    tifffile.imwrite(tmp_path / "palette.tif", index, photometric="palette", colormap=table)
+    for name in ("miw.tif", "palette.tif"):
+        with open_image(str(tmp_path / name)) as src, Image.open(tmp_path / name) as im:
+            want = np.asarray(im.convert("RGB" if name == "palette.tif" else "L"))
+            want = want[None] if want.ndim == 2 else np.moveaxis(want, 2, 0)
+            got = src.read_region(0, 0, 0, 8, 8)
+            np.testing.assert_array_equal(got, want)
+            assert src.dtype == np.uint8
+
+
+def test_the_largest_series_is_the_image(tmp_path: Path) -> None:
+    """A thumbnail page (or an OME macro image) before the main image is not what is read;
+    the OME metadata read is the main image's."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    main = rng.integers(0, 255, (384, 512, 3), np.uint8)
+    with tifffile.TiffWriter(tmp_path / "thumb_first.tif") as tw:
+        tw.write(main[::8, ::8], photometric="rgb")
+        tw.write(main, photometric="rgb", tile=(128, 128))
+    with tifffile.TiffWriter(tmp_path / "macro_first.ome.tif", ome=True) as tw:
+        tw.write(main[:100, :300], photometric="rgb", metadata={"Name": "macro", "PhysicalSizeX": 10.0})
+        tw.write(np.moveaxis(main, 2, 0).astype(np.uint16), photometric="minisblack",
+                 metadata={"axes": "CYX", "Name": "main", "PhysicalSizeX": 0.25,
+                           "Channel": {"Name": ["DAPI", "CD3", "CD8"]}})  # fmt: skip
+    with open_image(str(tmp_path / "thumb_first.tif")) as src:
+        assert src.level_shapes[0] == (384, 512)
+        np.testing.assert_array_equal(src.read_region(0, 0, 0, 384, 512), np.moveaxis(main, 2, 0))
+    with open_image(str(tmp_path / "macro_first.ome.tif")) as src:
+        assert (src.level_shapes[0], src.n_channels, src.mpp) == ((384, 512), 3, pytest.approx(0.25))
+        assert list(src.channel_names) == ["DAPI", "CD3", "CD8"]
