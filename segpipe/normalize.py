@@ -177,19 +177,16 @@ def thumbnail(image: np.ndarray, max_side: int = 2048) -> np.ndarray:
     Returns
     -------
     (C, y, x) ndarray
-        The input's dtype, as a pyramid level written by ingest has it (integer means are
-        rounded): the channel conversions read the value range from the dtype (e.g. uint8
-        H&E as 0..255), so a float copy of an integer image would shift its statistics.
+        The pyramid level ingest writes (:func:`segpipe.ingest.downsample2`, level by level:
+        odd edges averaged, sides rounded up, never 0), in the input's dtype: the channel
+        conversions read the value range from the dtype (e.g. uint8 H&E as 0..255), so a
+        float copy of an integer image would shift its statistics.
     """
-    src = np.asarray(image)
-    out = src
+    from segpipe.ingest._core import downsample2
+
+    out = np.asarray(image)
     while max(out.shape[-2:]) > max_side:
-        y, x = out.shape[-2] // 2 * 2, out.shape[-1] // 2 * 2
-        o = out[:, :y, :x].astype(np.float32, copy=False)
-        out = 0.25 * (o[:, 0::2, 0::2] + o[:, 1::2, 0::2] + o[:, 0::2, 1::2] + o[:, 1::2, 1::2])
-    if out.dtype != src.dtype and src.dtype.kind in "ui":
-        info = np.iinfo(src.dtype)
-        out = np.clip(np.rint(out), info.min, info.max).astype(src.dtype)
+        out = downsample2(out)
     return out
 
 

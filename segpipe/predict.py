@@ -23,7 +23,7 @@ where a model's (effective) receptive field has faded.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from segpipe.errors import ConfigError, ModelError
 from segpipe.models import Model, ModelCard, load_model
 from segpipe.normalize import ImageStats, prepare, stats_from_image
 from segpipe.postprocess import Segmentation, to_labels
-from segpipe.tiling import cover_cells
+from segpipe.tiling import cell_mask, cover_cells
 
 __all__ = [
     "as_channel_first",
@@ -340,13 +340,39 @@ def window_probabilities(
         raise ConfigError(f"segment_window: cell={cell} must be a positive multiple of {multiple}")
     if context is None:
         context = mask_context(card.halo, scale, multiple)
-    out = _background(card, (ny, nx))
+    out = _fill_cover(predict, x, (oy, ox), card, mask, cell, context, grid == "global" and unscaled)
+    # The cover's rectangles may take in cells without a mask pixel, and which ones depends
+    # on the window: those get background here, so that a pixel's label depends only on the
+    # image-wide cells, never on the window (else two blocks could label it differently: a
+    # seam at their border).
+    keep = cell_mask(mask, (oy, ox), cell)
+    if not keep.all():
+        out = out if out.flags.writeable else out.copy()
+        out[:, ~keep] = _background(card, (1, 1))[:, 0]
+    return out
+
+
+def _fill_cover(
+    predict: Callable[[np.ndarray, tuple[int, int]], np.ndarray],
+    x: np.ndarray,
+    origin: tuple[int, int],
+    card: ModelCard,
+    mask: np.ndarray,
+    cell: int,
+    context: int,
+    global_grid: bool,
+) -> np.ndarray:
+    """Probabilities of a prepared window in the rectangles of :func:`cover_cells` (each
+    predicted with ``context`` px around it), background elsewhere."""
+    oy, ox = origin
+    _, ny, nx = x.shape
     rects = cover_cells(mask, (oy, ox), cell, context)
     if (0, 0, ny, nx) in rects:
         return predict(x, (oy, ox))
+    out = _background(card, (ny, nx))
     spans = [(max(y0 - context, 0), max(x0 - context, 0), min(y1 + context, ny), min(x1 + context, nx))
              for y0, x0, y1, x1 in rects]  # fmt: skip
-    if grid == "global" and unscaled:
+    if global_grid:
         # the rectangles' passes cost global tiles, not pixels: when they need as many tiles
         # as the window, one pass over the window serves them all (the same values: the grid
         # is global)

@@ -53,7 +53,7 @@ import numpy as np
 
 from segpipe.errors import ConfigError
 
-__all__ = ["BlockGrid", "Region", "NEIGHBOUR_OFFSETS", "cover_cells"]
+__all__ = ["BlockGrid", "Region", "NEIGHBOUR_OFFSETS", "cell_mask", "cover_cells"]
 
 Region = tuple[int, int, int, int]
 """A half-open rectangle ``(y0, x0, y1, x1)`` in level-0 pixels."""
@@ -174,6 +174,39 @@ class BlockGrid:
             )
 
 
+def _active_cells(
+    mask: np.ndarray, origin: Sequence[int], cell: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell edges of a window (rows, columns; first and last cells clipped to the window)
+    on the image-anchored ``cell``-px grid, and which cells hold a True pixel of ``mask``."""
+    ny, nx = mask.shape
+    oy, ox = (int(v) for v in origin)
+    ey = np.unique(np.clip(np.arange(oy // cell * cell, oy + ny + cell, cell) - oy, 0, ny))
+    ex = np.unique(np.clip(np.arange(ox // cell * cell, ox + nx + cell, cell) - ox, 0, nx))
+    rows = np.logical_or.reduceat(mask, ey[:-1], axis=0)
+    return ey, ex, np.logical_or.reduceat(rows, ex[:-1], axis=1)
+
+
+def cell_mask(mask: np.ndarray, origin: Sequence[int] = (0, 0), cell: int = 128) -> np.ndarray:
+    """The pixels of a window whose cell (image-anchored grid, as :func:`cover_cells`)
+    holds a True pixel of ``mask``.
+
+    Examples
+    --------
+    >>> m = np.zeros((6, 6), bool); m[1, 4] = True
+    >>> cell_mask(m, origin=(0, 2), cell=4).astype(int)[:2]
+    array([[0, 0, 1, 1, 1, 1],
+           [0, 0, 1, 1, 1, 1]])
+    """
+    m = np.asarray(mask, bool)
+    if m.ndim != 2 or cell < 1:
+        raise ConfigError(f"cell_mask: mask must be 2-D (got {m.shape}) and cell >= 1 (got {cell})")
+    if m.size == 0:
+        return m.copy()
+    ey, ex, active = _active_cells(m, origin, cell)
+    return active.repeat(np.diff(ey), axis=0).repeat(np.diff(ex), axis=1)
+
+
 def cover_cells(
     mask: np.ndarray,
     origin: Sequence[int] = (0, 0),
@@ -226,12 +259,7 @@ def cover_cells(
     ny, nx = m.shape
     if not m.any():
         return []
-    oy, ox = (int(v) for v in origin)
-    # cell edges in window coordinates (first and last cells clipped to the window)
-    ey = np.unique(np.clip(np.arange(oy // cell * cell, oy + ny + cell, cell) - oy, 0, ny))
-    ex = np.unique(np.clip(np.arange(ox // cell * cell, ox + nx + cell, cell) - ox, 0, nx))
-    rows = np.logical_or.reduceat(m, ey[:-1], axis=0)
-    active = np.logical_or.reduceat(rows, ex[:-1], axis=1)
+    ey, ex, active = _active_cells(m, origin, cell)
     # plain Python ints from here on: the programme visits each sub-grid many times
     counts = np.pad(active.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0))).tolist()
     edge_y, edge_x = ey.tolist(), ex.tolist()

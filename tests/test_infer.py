@@ -366,6 +366,64 @@ def test_semantic_model_writes_a_class_map_and_stitches_by_class(slide) -> None:
     assert cols["class"].tolist() == expected
 
 
+def _ingested(tmp_path: Path, image: np.ndarray, chunk: int = 256) -> str:
+    tifffile.imwrite(tmp_path / "src.tif", image)
+    url = str(tmp_path / "img.ome.zarr")
+    ingest_image(str(tmp_path / "src.tif"), url, IngestSpec(chunk=chunk))
+    return url
+
+
+def _touching_ids_differ(labels: np.ndarray) -> int:
+    """Neighbouring (4-connected) foreground pixels with different ids: a seam."""
+    a, b = labels[:, :-1], labels[:, 1:]
+    c, d = labels[:-1], labels[1:]
+    return int(((a > 0) & (b > 0) & (a != b)).sum() + ((c > 0) & (d > 0) & (c != d)).sum())
+
+
+def test_objects_touching_the_image_border_are_kept(tmp_path) -> None:
+    """The foreground mask's closing must not strip the image's edges: a bar 3 px wide along
+    the border was left out of the mask, its blocks never predicted (session 9)."""
+    image = np.zeros((1024, 1300), np.uint8)
+    image[100:130, 100:130] = image[600:640, 700:740] = 200
+    image[500:530, 0:3] = 200  # touches the left border
+    image[0:3, 300:330] = 200  # the top border
+    url = _ingested(tmp_path, image)
+    result = segment_image(url, "classical")  # default: the foreground mask picks the blocks
+    labels = read_labels(url, result.label_name)
+    assert result.n_regions == 4
+    assert labels[500:530, 0:3].any() and labels[0:3, 300:330].any()
+    assert_same_partition(labels, segment_array(image, model="classical"))
+
+
+def test_unselected_cells_are_background_in_every_window(tmp_path) -> None:
+    """Which cells the cover of a window predicts depends on the window; pixels of cells the
+    mask did not select must be background in all of them, or one object gets two ids at a
+    block border (a seam; session 9: bars on a grey image whose mask leaves one cell out)."""
+    from segpipe.infer._driver import _select
+
+    image = np.zeros((40, 600), np.uint8)
+    image[:, 0:5] = image[:, 17:356] = image[:, 359:389] = image[:, 396:509] = image[:, 596:] = 200
+    _, _, cells = _select(None, BlockGrid(image.shape, 256, 17), image[None], "grey", 128)
+    assert cells is not None and not cells.all()  # the case: a cell left out, inside a bar
+    url = _ingested(tmp_path, image)
+    result = segment_image(url, "classical")
+    labels = read_labels(url, result.label_name)
+    assert _touching_ids_differ(labels) == 0
+    keep = np.repeat(np.repeat(cells, 128, 0), 128, 1)[:40, :600]
+    assert not labels[~keep].any()
+    assert result.n_regions == len(np.unique(labels)) - 1
+
+
+def test_segment_array_on_a_one_pixel_high_image() -> None:
+    """The statistics thumbnail of a 1 × 5000 image is 1 × 1250 (a pyramid level), not empty."""
+    from segpipe.normalize import thumbnail
+
+    image = np.zeros((1, 5000), np.uint8)
+    image[0, 100:400] = image[0, 3000:3500] = 200
+    assert thumbnail(image[None]).shape == (1, 1, 1250)
+    assert segment_array(image, model="classical").max() == 2
+
+
 def test_explicit_blocks_and_bad_arguments(slide) -> None:
     from segpipe.errors import ConfigError
 
