@@ -16,7 +16,14 @@ from prefect.cache_policies import NONE
 
 from flows import _env  # noqa: F401  (Prefect settings before prefect is imported)
 from segpipe.config import SegpipeConfig
-from segpipe.pipeline import ImageOutcome, ModelRef, is_transient, one_line, process_image
+from segpipe.pipeline import (
+    IMAGE_FAILURE,
+    ImageOutcome,
+    ModelRef,
+    is_transient,
+    one_line,
+    process_image,
+)
 
 __all__ = ["run_stage", "segment_image", "segment_small_images"]
 
@@ -73,8 +80,8 @@ def segment_image(item: Any, image_id: str, results: str, model: ModelRef, confi
     logger.info("%s: starting (%s)", image_id, getattr(item, "uri", item))
     outcome = process_image(item, image_id, results, model, config, client, run_id,
                             storage_options=storage_options, progress=progress, stage_runner=stage_runner)
-    if outcome.status == "failed":
-        logger.error("%s: failed: %s", image_id, outcome.error)
+    if outcome.status == "failed":  # marked: the CLI prints the outcome itself (reporter)
+        logger.error("%s: failed: %s", image_id, outcome.error, extra={IMAGE_FAILURE: image_id})
     else:
         logger.info("%s: %d regions in %.1f s", image_id, outcome.n_regions, outcome.seconds)
     try:
@@ -129,8 +136,8 @@ def segment_small_images(items: list[Any], results: str, model: ModelRef, config
             left.append(item)
             continue
         outcomes.append(outcome)
-        if outcome.status == "failed":
-            logger.error("%s: failed: %s", item.image_id, outcome.error)
+        if outcome.status == "failed":  # marked: the CLI prints the outcome itself (reporter)
+            logger.error("%s: failed: %s", item.image_id, outcome.error, extra={IMAGE_FAILURE: item.image_id})
         reporter.image_finished(outcome)
     if outcomes:
         try:

@@ -8,7 +8,23 @@ from flows import _env  # noqa: F401
 from flows.archive import archive_run
 from segpipe.errors import ConfigError
 
-__all__ = ["serve_archive"]
+__all__ = ["check_schedule", "serve_archive"]
+
+
+def check_schedule(cron: str) -> None:
+    """Raise :class:`ConfigError` when no Prefect server is configured or ``cron`` is not a
+    cron expression (checked by Prefect's own ``CronSchedule``)."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise ConfigError("segpipe serve needs a Prefect server: run `prefect server start` and set "
+                          "PREFECT_API_URL=http://127.0.0.1:4200/api (see deploy/README.md)")
+    try:
+        CronSchedule(cron=cron)
+    except ValueError as exc:  # pydantic's ValidationError
+        raise ConfigError(f"--cron {cron!r} is not a valid cron expression (minute hour day month weekday, "
+                          "UTC), e.g. '0 2 * * *'") from exc
 
 
 def serve_archive(source: str, results: str, cron: str = "0 2 * * *", name: str = "nightly",
@@ -21,18 +37,7 @@ def serve_archive(source: str, results: str, cron: str = "0 2 * * *", name: str 
     ConfigError
         No Prefect server configured (``PREFECT_API_URL``) or an invalid cron expression.
     """
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
-        raise ConfigError("segpipe serve needs a Prefect server: run `prefect server start` and set "
-                          "PREFECT_API_URL=http://127.0.0.1:4200/api (see deploy/README.md)")
-    try:
-        from croniter import croniter
-
-        if not croniter.is_valid(cron):
-            raise ConfigError(f"--cron {cron!r} is not a valid cron expression, e.g. '0 2 * * *'")
-    except ImportError:
-        pass
+    check_schedule(cron)
     archive_run.serve(name=name, cron=cron,
                       parameters={"source": source, "results": results, "model": model, "config": config,
                                   "overrides": overrides or {}},

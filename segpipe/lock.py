@@ -243,6 +243,9 @@ class ResultsLock:
                 return LockInfo.from_json(fh.read())
         except FileNotFoundError:
             return None
+        except NotADirectoryError as exc:  # RESULTS (or a folder above it) is a file
+            raise ResultsError(f"{os.path.dirname(self.path)} is not a folder (a file is in the way); "
+                               "give --out a folder") from exc  # fmt: skip
         except (ValueError, TypeError):  # torn / foreign file: treat as dead
             return LockInfo("", "unknown", "", -1, None, "?", 0.0)
 

@@ -146,6 +146,25 @@ def test_evaluate_shows_the_metrics_of_the_task(results, tmp_path):
     assert "ap_0.5: 1" in res.stdout  # the run's own labels as truth
 
 
+def test_evaluate_reads_the_folder_it_is_given(results, tmp_path):
+    """The images table records where the run wrote (relative to the run's directory when it
+    was given a relative path); a copied or moved results folder is read where it is now."""
+    import shutil
+
+    import zarr
+
+    from segpipe.train._evaluate import evaluate_run
+
+    moved = tmp_path / "moved"
+    shutil.copytree(results, moved)
+    labels = zarr.open_array(str(moved / "images" / "one.ome.zarr" / "labels" / "classical" / "0"), mode="r+")
+    (tmp_path / "truth").mkdir()
+    tifffile.imwrite(tmp_path / "truth" / "one.labels.tif", np.asarray(labels[...]))
+    labels[...] = 0  # the copy's labels now find nothing; the original's are unchanged
+    (row,) = evaluate_run(moved, tmp_path / "truth", None)["images"]
+    assert row["n_pred"] == 0 and row["n_true"] > 0
+
+
 def test_progress_reporters():
     import io
 
@@ -172,7 +191,10 @@ def test_progress_reporters():
         bars.image_started("a")
         bars.chunks("a", 5, 10)
         bars.image_finished(ImageOutcome("a", "/x/a.tif", "failed", "a.tif: truncated", 0, 0.1))
+        # rich markup in a path (a folder "a[", a file "x].png") is text, not a closing tag
+        bars.image_finished(ImageOutcome("b", "/a[/x].png", "failed", "/a[/x].png: truncated", 0, 0.1))
     assert "images" in buf.getvalue() and "a: failed: a.tif: truncated" in buf.getvalue()
+    assert "b: failed: /a[/x].png: truncated" in buf.getvalue()
 
 
 def test_ingest_command(tmp_path, dask_client):
@@ -201,6 +223,32 @@ def test_serve_needs_a_prefect_server(tmp_path):
     env["PREFECT_PROFILES_PATH"] = str(tmp_path / "profiles.toml")  # no profile with an API URL
     res = segpipe("serve", str(tmp_path), "--out", str(tmp_path / "r"), env=env)
     assert res.returncode == 1 and "needs a Prefect server" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--cron", "61 * * * *"], "is not a valid cron expression"),
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--source-missing"], "does not exist"),
+    ],
+)
+def test_serve_checks_what_a_nightly_run_would_stop_at(tmp_path, args, error):
+    """Each is one line before "serving" (it used to fail every night, with a traceback)."""
+    import os
+
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # never contacted: checks fail first
+    source = str(tmp_path / ("missing" if args == ["--source-missing"] else ""))
+    args = [] if args == ["--source-missing"] else args
+    res = segpipe("serve", source, "--out", str(tmp_path / "r"), *args, env=env)
+    assert res.returncode == 1 and error in res.stderr, res.stderr
+    assert "serving" not in res.stdout and "Traceback" not in res.stderr
+
+
+def test_results_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    res = segpipe("run", str(tmp_path), "--out", str(tmp_path / "file" / "results"), "--model", "classical")
+    assert res.returncode == 1 and "is not a folder" in res.stderr and "NotADirectoryError" not in res.stderr
 
 
 def test_train_bad_recipe_is_one_line(tmp_path):

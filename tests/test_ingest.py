@@ -213,6 +213,17 @@ def test_png_single_level_grey(tmp_path: Path, io_helpers: Any) -> None:
         np.testing.assert_array_equal(g, w)
 
 
+def test_a_finished_ingest_leaves_no_source_cached(tmp_path: Path, io_helpers: Any) -> None:
+    """A decoded PNG / JPEG holds all its pixels: the worker cache must not keep it after its
+    ingest (8 large ones were kept before session 9)."""
+    from segpipe.ingest import _tasks
+
+    path = tmp_path / "p.png"
+    io_helpers.write_png(path, io_helpers.smooth_image((3, 300, 200), np.uint8))
+    ingest_image(str(path), str(tmp_path / "p.ome.zarr"), IngestSpec(chunk=64, min_size=64))
+    assert not [key for key in _tasks._SOURCES if key[0] == str(path)]
+
+
 def test_pixel_size_override(tmp_path: Path, io_helpers: Any) -> None:
     """``ingest.mpp`` replaces a file's pixel size (here none) in the metadata ingest writes."""
     from segpipe.config import config_hash, load_config, results_settings

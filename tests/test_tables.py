@@ -368,6 +368,16 @@ def test_query_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         run_query(url, sql, fmt="parquet")
     with pytest.raises(ConfigError, match="inside"):
         run_query(url, sql, fmt="csv", output=f"{url}/tables/regions/x.parquet")
+    # nor through "..", a symbolic link, or into an image store (session 9: each broke the folder)
+    (Path(url) / "elsewhere").mkdir()
+    (Path(url) / "elsewhere" / "link").symlink_to(Path(url) / "tables")
+    for sneaky in (f"{url}/elsewhere/../tables/runs/x.parquet", f"{url}/elsewhere/link/runs/x.parquet",
+                   f"{url}/images/a.ome.zarr/zarr.json"):
+        with pytest.raises(ConfigError, match="inside"):
+            run_query(url, sql, fmt="csv", output=sneaky)
+    # a DuckDB HUGEINT (sum of integers) or DECIMAL is a JSON number
+    run_query(url, "select sum(label) as s, 1.5 as d from regions", fmt="json")
+    assert json.loads(capsys.readouterr().out) == [{"s": 10, "d": 1.5}]
     with pytest.raises(ConfigError, match="not one of"):
         run_query(url, sql, fmt="xlsx")  # type: ignore[arg-type]
 

@@ -75,7 +75,10 @@ ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Leave o
 class _PrintedOutcomes(logging.Filter):
     """Drops the log records of a failed image: the CLI prints every image's outcome itself,
     with its one-line error, so the same error does not also come three more times (Prefect's
-    failed stage task, the image task, and the pipeline's own log). Other errors pass."""
+    failed stage task, the image task, and the pipeline's own log). Also drops Prefect's
+    record (with its traceback) of a flow that stopped on a segpipe error, e.g. a results
+    folder another run took meanwhile: :func:`main` prints that error as one line. Other
+    errors pass."""
 
     #: Prefect tasks whose errors are one image's failure (flows.image: the per-image task and
     #: its stages, each named after the stage)
@@ -85,6 +88,8 @@ class _PrintedOutcomes(logging.Filter):
         from segpipe.pipeline import IMAGE_FAILURE
 
         if hasattr(record, IMAGE_FAILURE):
+            return False
+        if record.exc_info and isinstance(record.exc_info[1], SegpipeError):
             return False
         return not (record.levelno >= logging.ERROR and getattr(record, "task_name", None) in self.IMAGE_TASKS)
 
@@ -96,7 +101,7 @@ def _prefect_quiet(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         for name in ("distributed", "prefect", "segpipe"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        for name in ("prefect.task_runs", "segpipe.pipeline"):  # logger filters see their own records only
+        for name in ("prefect.flow_runs", "prefect.task_runs", "segpipe.pipeline"):  # filters see their own logger's records only
             logger = logging.getLogger(name)
             if not any(isinstance(f, _PrintedOutcomes) for f in logger.filters):
                 logger.addFilter(_PrintedOutcomes())
@@ -116,11 +121,18 @@ def _check_free(results: str) -> None:
         raise ResultsLockedError(info.describe(results))
 
 
+def _absolute(url: str) -> str:
+    """A local path made absolute (URLs as they are): the tables record the paths a run
+    was given, and a relative one would mean nothing from another directory."""
+    return url if "://" in url else os.path.abspath(url)
+
+
 def _run_archive(source: str, results: str, model: str | None, config: Path | None,
                  overrides: dict[str, Any], verbose: bool) -> Any:
     from segpipe.config import load_config
 
     cfg = load_config(config, overrides)  # every settings problem is reported before any work
+    source, results = _absolute(source), _absolute(results)
     from segpipe.io import exists
 
     if not exists(source):
@@ -203,7 +215,7 @@ def run(
     config: ConfigOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-j", min=1, help="Images processed at once.")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-j", min=1, help="Large images processed at once (small ones run one per worker thread).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes of the local Dask cluster.")] = None,
     content_hash: Annotated[bool | None, typer.Option("--content-hash/--no-content-hash", help="Fingerprint images by content, not size + mtime.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's log lines too.")] = False,
@@ -364,14 +376,25 @@ def serve(
 
     Example: segpipe serve /data/slides --out /data/results --cron "0 2 * * *"
     """
+    from segpipe import tables
     from segpipe.config import load_config
+    from segpipe.io import exists
+    from segpipe.pipeline import FALLBACK_MODEL, resolve_model
 
-    load_config(config, {})
+    # everything a nightly run would stop at is checked now, once, before "serving"
+    cfg = load_config(config, {})
+    source, results = _absolute(source), _absolute(results)  # the served runs need not share our cwd
     _prefect_quiet(False)
-    from flows.schedule import serve_archive
+    from flows.schedule import check_schedule, serve_archive
 
+    check_schedule(cron)
+    if not exists(source):
+        raise ConfigError(f"archive source {source!r} does not exist; check the path or URL")
+    resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
+    tables.init_results(results)
     out.print(f"serving archive-run/{name} on cron {cron!r}; stop with Ctrl-C", markup=False)
-    serve_archive(source, results, cron=cron, name=name, model=model, config=str(config) if config else None)
+    serve_archive(source, results, cron=cron, name=name, model=model,
+                  config=str(Path(config).resolve()) if config else None)  # fmt: skip
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -69,9 +69,11 @@ class LineReporter:
 
     def image_finished(self, outcome: Any) -> None:
         self._done += 1
-        what = (f"done, {outcome.n_regions} regions" if outcome.status == "done"
-                else f"FAILED: {outcome.error}")
-        self._say(f"{outcome.image_id}: {what} in {outcome.seconds:.1f} s [{self._done}/{self._total}]")
+        n = f"[{self._done}/{self._total}]"
+        if outcome.status == "done":
+            self._say(f"{outcome.image_id}: done, {outcome.n_regions} regions in {outcome.seconds:.1f} s {n}")
+        else:  # the time first: after the error it reads as part of it
+            self._say(f"{outcome.image_id}: FAILED after {outcome.seconds:.1f} s {n}: {outcome.error}")
 
 
 class RichReporter:
@@ -114,7 +116,9 @@ class RichReporter:
         if task is not None:
             self.progress.remove_task(task)
         if outcome.status == "failed":
-            self.console.print(f"[red]{outcome.image_id}: failed: {outcome.error}[/red]", highlight=False)
+            # markup off: an image id or error may hold "[/…]" (a path), which rich would parse
+            self.console.print(f"{outcome.image_id}: failed: {outcome.error}", style="red", markup=False,
+                               highlight=False)  # fmt: skip
         if self._images is not None:
             self.progress.advance(self._images)
 

@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from segpipe import _malloc
 from segpipe.errors import ConfigError, ImageReadError
 from segpipe.ingest._core import _phases, downsample2, level_shapes_for
-from segpipe.ingest._tasks import _n_threads, _run, _source_token
+from segpipe.ingest._tasks import _ingest_done, _n_threads, _run, _source_token
 from segpipe.io import ImageSource, join_url, open_image, remove, zarr_store
 
 __all__ = [
@@ -266,10 +265,10 @@ def ingest_image(
                 client,
             )
     finally:
-        _malloc.restore(owner)
+        _ingest_done(owner, str(source_uri), storage_options, token)
         if client is not None:
             try:
-                client.run(_malloc.restore, owner)
+                client.run(_ingest_done, owner, str(source_uri), storage_options, token)
             except Exception:  # a worker lost meanwhile starts afresh anyway
                 pass
     root.attrs["segpipe"] = {**own, "complete": True}  # the group's metadata: nothing else wrote it

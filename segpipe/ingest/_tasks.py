@@ -31,7 +31,7 @@ def _cached_source(
     source that changed since it was cached instead of reading through stale handles.
     Evicted sources are dropped, not closed: another thread may still be reading them.
     """
-    key = (uri, json.dumps(storage_options or {}, sort_keys=True, default=str), token)
+    key = _source_key(uri, storage_options, token)
     with _SOURCES_LOCK:
         src = _SOURCES.get(key)
         if src is not None:
@@ -43,6 +43,19 @@ def _cached_source(
         while len(_SOURCES) > _MAX_OPEN_SOURCES:
             _SOURCES.popitem(last=False)
     return src
+
+
+def _source_key(uri: str, storage_options: dict[str, Any] | None, token: str) -> tuple[str, str, str]:
+    return uri, json.dumps(storage_options or {}, sort_keys=True, default=str), token
+
+
+def _ingest_done(owner: str, uri: str, storage_options: dict[str, Any] | None, token: str) -> None:
+    """The end of one image's ingest in this process: glibc's malloc thresholds back
+    (:func:`segpipe._malloc.restore`) and its source out of the cache — a PNG or JPEG source
+    holds every decoded pixel, and 8 cached large ones would hold gigabytes."""
+    _malloc.restore(owner)
+    with _SOURCES_LOCK:
+        _SOURCES.pop(_source_key(uri, storage_options, token), None)
 
 
 def _source_token(uri: str, storage_options: dict[str, Any] | None) -> str:

@@ -71,8 +71,11 @@ def url_to_fs(
         Passed to the remote filesystem (e.g. ``{"client_kwargs": {"endpoint_url": ...}}``);
         ignored for local paths.
     """
-    options = dict(storage_options or {}) if is_remote(uri) else {}
-    fs, path = fsspec.core.url_to_fs(strip_protocol(str(uri)), **options)
+    if not is_remote(uri):  # not through url_to_fs: it reads "::" in a file name as URL chaining
+        from fsspec.implementations.local import make_path_posix
+
+        return fsspec.filesystem("file"), make_path_posix(strip_protocol(str(uri)))
+    fs, path = fsspec.core.url_to_fs(str(uri), **dict(storage_options or {}))
     return fs, path
 
 

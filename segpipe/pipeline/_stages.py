@@ -442,7 +442,10 @@ def process_image(entry: Any, image_id: str, results: str, model: ModelRef | str
     except Exception as exc:  # the image fails alone
         error = one_line(exc)
         seconds = time.perf_counter() - t0
-        log.error("%s: failed: %s", image_id, error, extra={IMAGE_FAILURE: image_id})
+        # the outcome carries the error to the caller, who reports it (the flows log it as an
+        # error, the CLI prints it); logged here at info, so that a Dask worker's stderr does
+        # not repeat it
+        log.info("%s: failed: %s", image_id, error, extra={IMAGE_FAILURE: image_id})
         failed = {**row, "status": "failed", "error": error, "finished_at": datetime.now(timezone.utc),
                   "duration_s": seconds, "timings": timings}
         try:

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 import duckdb
@@ -17,16 +18,19 @@ import pyarrow.parquet as pq
 
 from segpipe.errors import ConfigError
 from segpipe.tables._read import open_results
-from segpipe.tables._store import resolve
+from segpipe.tables._store import is_local, resolve
 
 Format = Literal["table", "csv", "json", "parquet"]
 FORMATS = ("table", "csv", "json", "parquet")
 
 
 def _cell(value: Any) -> Any:
-    """A JSON/CSV-friendly Python value (NaN → None, times → ISO 8601)."""
+    """A JSON/CSV-friendly Python value (NaN → None, times → ISO 8601, decimals → int or
+    float: DuckDB's ``sum`` of an integer column is a HUGEINT, which Arrow gives as Decimal)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, Decimal):
+        return int(value) if value.is_finite() and value == value.to_integral_value() else _cell(float(value))
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     if isinstance(value, list):
@@ -120,6 +124,15 @@ def _inside(fs_path: str, folder: str) -> bool:
     return fs_path == folder or fs_path.startswith(folder.rstrip("/") + "/")
 
 
+#: What segpipe writes in a results folder: an answer must not land in it.
+_OWNED = ("tables", "images", "reports", ".segpipe.lock", ".segpipe.lock.guard")
+
+
+def _real(fs: Any, path: str) -> str:
+    """A local path with ``..`` and symbolic links resolved (others as they are)."""
+    return os.path.realpath(path) if is_local(fs) else path
+
+
 def run_query(
     results: str | os.PathLike[str],
     sql: str,
@@ -142,7 +155,8 @@ def run_query(
         Parquet file (``output`` required).
     output : str or PathLike, optional
         File to write (local or fsspec URL, same ``storage_options``); stdout when absent.
-        A path inside ``RESULTS/tables/`` is refused.
+        A path inside what segpipe keeps in ``RESULTS`` (tables, images, reports, the lock)
+        is refused, ``..`` and symbolic links resolved.
     storage_options : dict, optional
         fsspec options for remote results and output.
     max_rows : int
@@ -158,7 +172,7 @@ def run_query(
     ResultsError
         ``results`` is not a results folder.
     ConfigError
-        Unknown ``fmt``, missing ``output`` for parquet, output inside the tables, or a
+        Unknown ``fmt``, missing ``output`` for parquet, output inside segpipe's outputs, or a
         SQL error (DuckDB's message, on one line).
     """
     if fmt not in FORMATS:
@@ -168,8 +182,10 @@ def run_query(
     if output is not None:
         out_fs, out_path = resolve(output, storage_options)
         res_fs, res_root = resolve(results, storage_options)
-        if type(out_fs) is type(res_fs) and _inside(out_path, f"{res_root}/tables"):
-            raise ConfigError(f"--output {output} is inside {results}/tables; write elsewhere")
+        target, root = _real(out_fs, out_path), _real(res_fs, res_root)
+        if type(out_fs) is type(res_fs) and any(_inside(target, f"{root}/{part}") for part in _OWNED):
+            raise ConfigError(f"--output {output} is inside what segpipe keeps in {results} "
+                              f"({', '.join(_OWNED)}); write elsewhere")  # fmt: skip
     con = open_results(results, storage_options)
     try:
         table = _execute(con, sql)

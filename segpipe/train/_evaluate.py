@@ -114,13 +114,16 @@ def _open_labels(row: dict[str, Any], results: str, model: str | None,
                  storage_options: dict[str, Any] | None) -> np.ndarray:
     import zarr
 
+    from segpipe.pipeline import image_url
+
     remote = "://" in str(results)
     opts = storage_options if remote else None
-    if row.get("labels_uri") and model is None:
-        url = str(row["labels_uri"]).rstrip("/") + "/0"
-        return np.asarray(zarr.open_array(url, mode="r", storage_options=opts)[...])
-    image_uri = row.get("image_uri") or f"{str(results).rstrip('/')}/images/{row['image_id']}.ome.zarr"
-    group = zarr.open_group(str(image_uri), mode="r", storage_options=opts)
+    # the image in the folder given, not the URI the row recorded: a local one is relative
+    # to where the run was started, and the folder may have moved since
+    image_uri = image_url(str(results), row["image_id"])
+    if model is None and row.get("labels_uri"):
+        model = str(row["labels_uri"]).rstrip("/").rsplit("/", 1)[-1]
+    group = zarr.open_group(image_uri, mode="r", storage_options=opts)
     names = list(group["labels"].group_keys()) if "labels" in group else []
     name = model if model in names else (names[0] if len(names) == 1 else None)
     if name is None:

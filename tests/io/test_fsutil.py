@@ -57,3 +57,12 @@ def test_local_roundtrip(tmp_path: Path) -> None:
 
 def test_s3_roundtrip(s3: Any) -> None:
     _roundtrip(f"s3://{s3.bucket('fsutil')}/results", s3.storage_options)
+
+
+def test_local_names_with_double_colons(tmp_path: Path) -> None:
+    """"::" is fsspec's URL chaining in a URL, but just characters in a local file name."""
+    path = tmp_path / "c::d.tif"
+    path.write_bytes(b"abc")
+    fs, local = url_to_fs(str(path))
+    assert local == str(path) and fs.size(local) == 3
+    assert exists(str(path)) and open_binary(str(path)).read() == b"abc"
