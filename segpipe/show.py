@@ -296,15 +296,21 @@ def render_overlay(
         results, image_id, region=region, label_name=label_name, max_size=max_size,
         storage_options=storage_options,
     )  # fmt: skip
+    # the file's extension picks the format (.jpg, .tif, .webp …); PNG when it names none
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(Path(str(out_png)).suffix.lower(), "PNG")
+    if fmt == "JPEG":
+        drawn = drawn.convert("RGB")  # no alpha in JPEG
     if is_remote(str(out_png)):  # e.g. s3://bucket/results/reports/<run>/<image>.png
         import io
 
         buf = io.BytesIO()
-        drawn.save(buf, format="PNG")
+        drawn.save(buf, format=fmt)
         fs, path = url_to_fs(str(out_png), storage_options)
         fs.pipe(path, buf.getvalue())
         return str(out_png)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    drawn.save(out, format="PNG")
+    drawn.save(out, format=fmt)
     return out

@@ -122,6 +122,10 @@ def test_show_writes_png(results, tmp_path):
     from PIL import Image
 
     assert Image.open(png).size == (128, 128)
+    jpg = tmp_path / "o.jpg"  # the extension picks the format
+    res = runner.invoke(app, ["show", results, "one", "--out", str(jpg), "--region", "0,0,128,128"])
+    assert res.exit_code == 0, res.output
+    assert Image.open(jpg).format == "JPEG"
 
 
 def test_evaluate_without_truth_is_clear(results, tmp_path):
@@ -243,6 +247,16 @@ def test_serve_checks_what_a_nightly_run_would_stop_at(tmp_path, args, error):
     res = segpipe("serve", source, "--out", str(tmp_path / "r"), *args, env=env)
     assert res.returncode == 1 and error in res.stderr, res.stderr
     assert "serving" not in res.stdout and "Traceback" not in res.stderr
+
+
+def test_an_archive_without_images_is_a_note(tmp_path):
+    """Not an error (an archive may be empty yet), but said: a mistyped --include looks the same."""
+    (tmp_path / "empty").mkdir()
+    res = segpipe("run", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--model", "classical")
+    assert res.returncode == 0, res.stderr
+    assert "note: no images found in" in res.stdout and "0 done" in res.stdout
+    res = runner.invoke(app, ["query", str(tmp_path / "r"), " "])
+    assert res.exit_code == 1 and "no SQL given" in res.output
 
 
 def test_results_under_a_file_is_one_line(tmp_path):

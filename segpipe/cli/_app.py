@@ -485,7 +485,7 @@ def show(
     results: Annotated[str, typer.Argument(help="Results folder.")],
     image_id: Annotated[str, typer.Argument(help="Image id (see `segpipe query RESULTS \"select image_id from images_latest\"`).")],
     region: Annotated[str | None, typer.Option("--region", help="Level-0 crop y0,x0,y1,x1 drawn at full resolution.")] = None,
-    png: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default <image_id>.png).")] = None,
+    png: Annotated[Path | None, typer.Option("--out", "-o", help="Picture to write; its extension picks the format (default <image_id>.png).")] = None,
 ) -> None:
     """Draw an image with its label contours coloured by class into a PNG.
 

@@ -215,8 +215,11 @@ def summarise(run_id: str, source: str, results: str, model: ModelRef, outcomes:
     failed = [o for o in outcomes if o.status == "failed"]
     done = [o for o in outcomes if o.status == "done"]
     status = "done" if not failed else ("partial" if done or n_skipped else "failed")
+    notes = [model.fallback_note] if model.fallback_note else []
+    if not n_images:  # not an error (an archive may be empty yet), but a mistyped glob looks the same
+        notes.append(f"no images found in {source} (check the path and --include / --exclude)")
     return RunSummary(run_id=run_id, source=source, results=results, model=model.name, status=status,
                       n_images=n_images, done=len(done), skipped=n_skipped, failed=len(failed),
                       regions=sum(o.n_regions for o in done), seconds=time.perf_counter() - t0,
-                      failures=[(o.image_id, o.error or "") for o in failed], note=model.fallback_note)
+                      failures=[(o.image_id, o.error or "") for o in failed], note="; ".join(notes) or None)
 

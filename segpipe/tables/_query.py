@@ -175,6 +175,8 @@ def run_query(
         Unknown ``fmt``, missing ``output`` for parquet, output inside segpipe's outputs, or a
         SQL error (DuckDB's message, on one line).
     """
+    if not sql.strip():
+        raise ConfigError('no SQL given; e.g. "select image_id, count(*) from regions group by 1"')
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not one of {FORMATS}")
     if fmt == "parquet" and output is None:
