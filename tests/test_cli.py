@@ -256,7 +256,7 @@ def test_an_archive_without_images_is_a_note(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "note: no images found in" in res.stdout and "0 done" in res.stdout
     res = runner.invoke(app, ["query", str(tmp_path / "r"), " "])
-    assert res.exit_code == 1 and "no SQL given" in res.output
+    assert res.exit_code == 1 and "no SQL given" in str(res.exception)
 
 
 def test_results_under_a_file_is_one_line(tmp_path):
