@@ -65,11 +65,11 @@ def _counts(kind: str, n: int) -> tuple[int, int, int]:
     return n - 2 * (n // 3), n // 3, n // 3
 
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Built-in model (see `segpipe models`) or a weights file with its .json card. Default: nuclei.")]
-ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="Dask scheduler address, e.g. tcp://host:8786 (or SEGPIPE_DASK_ADDRESS). Default: a local cluster.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (.toml or .yaml) with sections ingest, tissue, infer, run; every key is in deploy/segpipe.example.toml.")]
-IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only images whose relative path matches this glob (repeatable).")]
-ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Leave out images matching this glob (repeatable).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", metavar="NAME|FILE", help="Built-in model (see `segpipe models`) or a weights file with its .json card. Default: nuclei.")]
+ClusterOpt = Annotated[str | None, typer.Option("--cluster", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786 (or SEGPIPE_DASK_ADDRESS). Default: a local cluster.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", metavar="FILE", help="Settings file (.toml or .yaml) with sections ingest, tissue, infer, run; every key is in deploy/segpipe.example.toml.")]
+IncludeOpt = Annotated[list[str] | None, typer.Option("--include", metavar="GLOB", help="Only images whose relative path matches this glob (repeatable).")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", metavar="GLOB", help="Leave out images matching this glob (repeatable).")]
 
 
 class _PrintedOutcomes(logging.Filter):
@@ -208,8 +208,8 @@ def _print_summary(summary: Any) -> None:
 
 @app.command()
 def run(
-    source: Annotated[str, typer.Argument(help="Archive folder: a local path or s3://bucket/prefix.")],
-    results: Annotated[str, typer.Option("--out", "-o", help="Results folder (local or s3://).")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Archive folder: a local path or s3://bucket/prefix.")],
+    results: Annotated[str, typer.Option("--out", "-o", metavar="RESULTS", help="Results folder (local or s3://).")],
     model: ModelOpt = None,
     cluster: ClusterOpt = None,
     config: ConfigOpt = None,
@@ -288,8 +288,8 @@ def _make_archive(folder: Path, kind: str, n: int, size: int, seed: int) -> Any:
 
 @app.command()
 def ingest(
-    source: Annotated[str, typer.Argument(help="Archive folder or one image (local or s3://).")],
-    results: Annotated[str, typer.Option("--out", "-o", help="Results folder.")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Archive folder or one image (local or s3://).")],
+    results: Annotated[str, typer.Option("--out", "-o", metavar="RESULTS", help="Results folder.")],
     config: ConfigOpt = None,
     cluster: ClusterOpt = None,
     include: IncludeOpt = None,
@@ -329,7 +329,7 @@ def ingest(
 
 @app.command()
 def synth(
-    folder: Annotated[Path, typer.Argument(help="Folder to write into: OUT/archive (images) and OUT/truth (ground truth).")],
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder to write into: OUT/archive (images) and OUT/truth (ground truth).")],
     kind: Annotated[Kind, typer.Option("--kind", help="he or fluorescence slides, nuclei (both), defects (industrial images) or mixed.")] = Kind.mixed,
     n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 4,
     size: Annotated[int, typer.Option("--size", min=64, help="Image side in pixels.")] = 2048,
@@ -347,8 +347,8 @@ def synth(
 
 @app.command()
 def query(
-    results: Annotated[str, typer.Argument(help="Results folder (local or s3://).")],
-    sql: Annotated[str, typer.Argument(help="DuckDB SQL over the views regions, images, images_latest, runs.")],
+    results: Annotated[str, typer.Argument(metavar="RESULTS", help="Results folder (local or s3://).")],
+    sql: Annotated[str, typer.Argument(metavar="SQL", help="DuckDB SQL over the views regions, images, images_latest, runs.")],
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.table,
     output: Annotated[str | None, typer.Option("--output", help="Write to this file instead of stdout.")] = None,
 ) -> None:
@@ -363,8 +363,8 @@ def query(
 
 @app.command()
 def serve(
-    source: Annotated[str, typer.Argument(help="Archive folder (local or s3://).")],
-    results: Annotated[str, typer.Option("--out", "-o", help="Results folder.")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Archive folder (local or s3://).")],
+    results: Annotated[str, typer.Option("--out", "-o", metavar="RESULTS", help="Results folder.")],
     cron: Annotated[str, typer.Option("--cron", help="When to run, as a cron expression (UTC).")] = "0 2 * * *",
     name: Annotated[str, typer.Option("--name", help="Deployment name.")] = "nightly",
     model: ModelOpt = None,
@@ -400,7 +400,7 @@ def serve(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write (.safetensors); its card goes beside it.")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="Weights file to write (.safetensors); its card goes beside it.")],
     recipe: Annotated[str | None, typer.Option("--recipe", help="Built-in recipe: nuclei or defects.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Training data: image/mask folder, .ome.zarr, or synthetic:nuclei.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Optimizer steps.")] = None,
@@ -431,7 +431,7 @@ def train(
 
 @app.command()
 def evaluate(
-    results: Annotated[str, typer.Argument(help="Results folder of a run.")],
+    results: Annotated[str, typer.Argument(metavar="RESULTS", help="Results folder of a run.")],
     truth: Annotated[str, typer.Option("--truth", help="Folder of ground-truth masks: <relpath of the image>.labels.tif.")],
 ) -> None:
     """Compare a run's labels with ground-truth masks (delegates to segpipe.train).
@@ -482,12 +482,12 @@ def _region(text: str | None) -> tuple[int, int, int, int] | None:
 
 @app.command()
 def show(
-    results: Annotated[str, typer.Argument(help="Results folder.")],
-    image_id: Annotated[str, typer.Argument(help="Image id (see `segpipe query RESULTS \"select image_id from images_latest\"`).")],
+    results: Annotated[str, typer.Argument(metavar="RESULTS", help="Results folder.")],
+    image_id: Annotated[str, typer.Argument(metavar="IMAGE_ID", help="Image id (see `segpipe query RESULTS \"select image_id from images_latest\"`).")],
     region: Annotated[str | None, typer.Option("--region", help="Level-0 crop y0,x0,y1,x1 drawn at full resolution.")] = None,
-    png: Annotated[Path | None, typer.Option("--out", "-o", help="Picture to write; its extension picks the format (default <image_id>.png).")] = None,
+    png: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Picture to write; its extension picks the format (default <image_id>.png).")] = None,
 ) -> None:
-    """Draw an image with its label contours coloured by class into a PNG.
+    """Draw an image with its label contours coloured by class into a picture (PNG by default).
 
     Example: segpipe show results slide-01 --region 0,0,1024,1024 --out crop.png
     """
