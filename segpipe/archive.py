@@ -35,6 +35,7 @@ __all__ = [
     "discover",
     "fingerprint",
     "image_id_for",
+    "selected",
     "assign_image_ids",
 ]
 
@@ -124,6 +125,16 @@ def _mtime(info: dict[str, Any]) -> float | None:
 def _etag(info: dict[str, Any]) -> str | None:
     value = info.get("ETag") or info.get("etag")
     return str(value).strip('"') if value else None
+
+
+def selected(relpath: str, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> bool:
+    """Whether :func:`discover` keeps ``relpath`` under these globs (``include`` defaults to
+    :data:`DEFAULT_INCLUDE`).
+
+    >>> selected("a/x.tif"), selected("a/x.tif", exclude=["a/*"]), selected("notes.txt")
+    (True, False, False)
+    """
+    return _matches(relpath, tuple(include) if include else DEFAULT_INCLUDE) and not _matches(relpath, exclude or ())
 
 
 def _matches(relpath: str, patterns: Sequence[str]) -> bool:
@@ -241,7 +252,7 @@ def discover(
     root = root.rstrip("/")
     entries: list[ArchiveEntry] = []
     for rel, item, is_dir in _walk(fs, root):
-        if not _matches(rel, include) or _matches(rel, exclude):
+        if not selected(rel, include, exclude):
             continue
         entries.append(
             ArchiveEntry(

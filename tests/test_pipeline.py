@@ -298,6 +298,25 @@ def test_plan_run_skips_only_unchanged():
     # new weights for the same model name → redo
     to_run, _ = plan_run(items[:1], states, ModelRef("classical", "sha-new"), cfg)
     assert [i.image_id for i in to_run] == ["a"]
+    # the id passed to another file (x.tif added beside x.tiff), same size and time → redo
+    other = ArchiveItem("a", "/x/a.tiff", "a.tiff", "fp-a")
+    assert plan_run([other], {"a": {**states["a"], "source_uri": "/x/a.tif"}}, model, cfg)[0] == [other]
+    # the same file, recorded with the relative path of an older run, or before the archive moved
+    for recorded in ("arch/a.tif", "/old/place/a.tif"):
+        assert plan_run(items[:1], {"a": {**states["a"], "source_uri": recorded}}, model, cfg)[1] == items[:1]
+
+
+def test_ids_do_not_depend_on_include_and_exclude(tmp_path, cfg):
+    """An image's id names its results: narrowing a run must not hand it to another file
+    (with --include a_b.png, a_b.png took a/b.png's id and overwrote its results)."""
+    (tmp_path / "arc" / "a").mkdir(parents=True)
+    for rel in ("a/b.png", "a_b.png"):
+        tifffile.imwrite(tmp_path / "arc" / rel.replace(".png", ".tif"), np.zeros((8, 8), np.uint8))
+    every = {i.relpath: i.image_id for i in discover_items(str(tmp_path / "arc"), cfg)}
+    assert len(set(every.values())) == 2
+    for key, globs in (("run.include", ["a_b.tif"]), ("run.exclude", ["a/*"])):
+        narrowed = discover_items(str(tmp_path / "arc"), load_config(None, {**OVERRIDES, key: globs}))
+        assert [(i.relpath, i.image_id) for i in narrowed] == [("a_b.tif", every["a_b.tif"])]
 
 
 def test_is_transient_and_one_line():

@@ -74,9 +74,14 @@ def discover_items(source: str, config: SegpipeConfig,
     from segpipe import archive
 
     run = config.run
-    entries = archive.discover(source, include=run.include or None, exclude=run.exclude or None,
-                               storage_options=storage_options)
-    ids = archive.assign_image_ids([e.relpath for e in entries])
+    # ids over every image of the archive, then the run's --include / --exclude: an image's
+    # id names its results, so it must not depend on which other images a run looks at
+    # (with `--include a_b.png`, a_b.png took the id of a/b.png and overwrote its results)
+    wide = (*archive.DEFAULT_INCLUDE, *run.include) if run.include else None
+    listed = archive.discover(source, include=wide, storage_options=storage_options)
+    ids = archive.assign_image_ids([e.relpath for e in listed])
+    single = str(source).rstrip("/")  # a source that is one image is taken whatever the globs
+    entries = [e for e in listed if e.uri == single or archive.selected(e.relpath, run.include, run.exclude)]
     return [
         ArchiveItem(image_id=ids[e.relpath], uri=e.uri, relpath=e.relpath, size=e.size,
                     fingerprint=archive.fingerprint(e, content_hash=run.content_hash,

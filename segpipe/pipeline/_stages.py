@@ -215,21 +215,36 @@ def plan_run(entries: Sequence[Any], states: dict[str, dict[str, Any]], model: M
              config: SegpipeConfig) -> tuple[list[Any], list[Any]]:
     """Split discovered entries into (to_run, to_skip).
 
-    An entry (with ``image_id`` and ``fingerprint``) is skipped when its image's latest
-    state is ``done`` with the same fingerprint, model name, model sha256 and config hash.
-    A ``running`` state (a run crashed on it) or ``failed`` one is always redone.
+    An entry (with ``image_id``, ``uri``, ``relpath`` and ``fingerprint``) is skipped when
+    its image's latest state is ``done`` for the same source file (:func:`_same_source`),
+    with the same fingerprint, model name, model sha256 and config hash. A ``running`` state
+    (a run crashed on it) or ``failed`` one is always redone.
     """
     chash = config_hash(config)
     to_run, to_skip = [], []
     for entry in entries:
         state = states.get(entry.image_id)
         same = (state is not None and state.get("status") == "done"
+                and _same_source(state.get("source_uri"), entry)
                 and state.get("fingerprint") == entry.fingerprint
                 and state.get("model") == model.name
                 and (state.get("model_sha256") or None) == (model.sha256 or None)
                 and state.get("config_hash") == chash)
         (to_skip if same else to_run).append(entry)
     return to_run, to_skip
+
+
+def _same_source(recorded: Any, entry: Any) -> bool:
+    """Whether the source a done row recorded is ``entry``'s file: the same URI, or (a row
+    written with a relative path, or before the archive moved) one ending in the entry's
+    path inside the archive. An id can pass to another file (``x.tif`` added beside
+    ``x.tiff``): a file of the same size and time must not then inherit the other's results."""
+    uri = getattr(entry, "uri", None)
+    if uri is None or recorded is None:
+        return True  # nothing to compare (entries made by hand)
+    recorded = str(recorded)
+    rel = str(getattr(entry, "relpath", "") or "")
+    return recorded == uri or bool(rel) and (recorded == rel or recorded.endswith("/" + rel))
 
 
 # -- stages -----------------------------------------------------------------------------------
