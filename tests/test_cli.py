@@ -169,6 +169,20 @@ def test_evaluate_reads_the_folder_it_is_given(results, tmp_path):
     assert row["n_pred"] == 0 and row["n_true"] > 0
 
 
+def test_evaluate_takes_a_small_uint16_mask_as_instances_for_an_object_model(results, tmp_path):
+    """A uint16 instance mask with 3 objects or fewer was scored as defect classes."""
+    import zarr
+
+    from segpipe.train._evaluate import evaluate_run
+
+    labels = np.asarray(zarr.open_array(f"{results}/images/one.ome.zarr/labels/classical/0", mode="r")[...])
+    truth = np.where(labels <= 2, labels, 0).astype(np.uint16)  # two of the run's objects
+    (tmp_path / "truth").mkdir()
+    tifffile.imwrite(tmp_path / "truth" / "one.labels.tif", truth)
+    (row,) = evaluate_run(results, tmp_path / "truth", None)["images"]
+    assert row["task"] == "instance" and row["n_true"] == 2
+
+
 def test_progress_reporters():
     import io
 

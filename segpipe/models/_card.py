@@ -194,6 +194,8 @@ class ModelCard(BaseModel):
                 text = Path(source).read_text(encoding="utf-8")
             except OSError as exc:
                 raise ModelError(f"{where}: cannot read the model card ({exc.strerror})") from None
+            except UnicodeDecodeError:
+                raise ModelError(f"{where}: the model card is not UTF-8 text (JSON)") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

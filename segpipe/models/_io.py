@@ -141,7 +141,11 @@ def _load_cached(kind: str, key: str, mtime_ns: int, device: str) -> Model:
         )
     card = ModelCard.from_json(card_path)
     state = _read_state_dict(weights, card)
-    module = build_module(card)
+    try:
+        module = build_module(card)
+    except (ModelError, ValueError, TypeError, KeyError) as exc:  # the card's architecture
+        detail = " ".join(str(exc).split())
+        raise ModelError(f"{card_path}: cannot build the model it describes: {detail}") from None
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -182,6 +186,10 @@ def _read_tensors(weights: Path, card: ModelCard) -> Mapping[str, torch.Tensor]:
             warnings.simplefilter("ignore")
             obj: Any = torch.load(weights, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        with open(weights, "rb") as fh:
+            head = fh.read(4)
+        if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # neither torch's zip nor a pickle
+            raise WeightsIntegrityError(f"{weights}: not a readable PyTorch state dict (not a torch file)") from None
         raise WeightsIntegrityError(
             f"{weights}: refused — the pickle contains code or objects, not only tensors "
             "(torch.load weights_only=True); re-save a plain state dict or use save_model (safetensors)"

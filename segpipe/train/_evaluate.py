@@ -2,8 +2,11 @@
 
 Images are matched to truth by their source path: ``truth/<relpath>.labels.tif`` (what
 :func:`segpipe.synthetic.make_archive` writes) belongs to the image whose ``source_uri``
-ends with ``<relpath>`` (suffixes ignored). A truth file that is ``uint32`` (or has more
-distinct values than the model has classes) holds instance labels; otherwise a class map.
+ends with ``<relpath>`` (suffixes ignored). A truth file holds instance labels when it is a
+32/64-bit integer image, or when the run's model is a built-in one that finds objects
+(``nuclei``, ``classical``); against a built-in semantic model (``defects``) or with
+``classes`` given it is a class map; for other models, one with labels above 3 is taken as
+instance labels.
 """
 
 from __future__ import annotations
@@ -210,7 +213,9 @@ def evaluate_run(results: str | os.PathLike[str], truth_dir: str | os.PathLike[s
         pred = _open_labels(row, str(results), model, storage_options)
         if t.shape != pred.shape:
             raise ResultsError(f"{tpath}: truth shape {t.shape} differs from the labels of image {row['image_id']} {pred.shape}")
-        instance = t.dtype in (np.uint32, np.int32, np.uint64, np.int64) or classes is None and int(t.max(initial=0)) > 3
+        task = _model_task(row)
+        instance = t.dtype in (np.uint32, np.int32, np.uint64, np.int64) or classes is None and (
+            task != "semantic" if task else int(t.max(initial=0)) > 3)  # fmt: skip
         base = {"image_id": row["image_id"], "source_uri": row.get("source_uri"), "truth": str(tpath),
                 "task": "instance" if instance else "semantic"}
         if instance:
@@ -228,6 +233,15 @@ def evaluate_run(results: str | os.PathLike[str], truth_dir: str | os.PathLike[s
     summary = _summary(images, thresholds, pooled_cm, classes or _defect_classes())
     written = _write(images, summary, out, results)
     return {"images": images, "summary": summary, "unmatched": unmatched, **written}
+
+
+def _model_task(row: dict[str, Any]) -> str | None:
+    """The task of the built-in model that made a row's labels (None for other models): a
+    uint16 truth mask with 3 objects is an instance mask for ``nuclei``, not a class map."""
+    from segpipe.models import BUILTIN_CARDS
+
+    card = BUILTIN_CARDS.get(str(row.get("model") or ""))
+    return None if card is None else str(card.task)
 
 
 def _defect_classes() -> list[str]:

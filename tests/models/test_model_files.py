@@ -189,3 +189,37 @@ def test_device_argument() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="CUDA is not available"):
             load_model("classical", device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"widths": "abc"}, "cannot build the model it describes"),  # ValueError inside the U-Net
+        ({"preset": ["x"]}, "cannot build the model it describes"),  # TypeError
+        ({"type": "resnet"}, "unknown architecture type 'resnet'"),
+    ],
+)
+def test_a_card_that_cannot_build_its_model_names_the_card(tmp_path: Path, change: dict, error: str) -> None:
+    """Every such card is one ModelError naming the card file (some were bare Python errors)."""
+    model = tiny_model("instance", seed=3)
+    weights = save_model(model.module, model.card, tmp_path / "m")
+    card_path = weights.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["architecture"] = {**card["architecture"], **change}
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=rf"m\.json: .*{error}") as info:
+        load_model(weights, device="cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_card_and_non_torch_file(tmp_path: Path) -> None:
+    model = tiny_model("binary")
+    weights = save_model(model.module, model.card, tmp_path / "m")
+    weights.with_suffix(".json").write_bytes(b'{"name": "\xe9"}')  # Latin-1, not UTF-8
+    with pytest.raises(ModelError, match="m.json: the model card is not UTF-8"):
+        load_model(weights, device="cpu")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"garbage")  # not a pickle: not "refused", just unreadable
+    ModelCard(**{**model.card.model_dump(), "sha256": None}).to_json(tmp_path / "junk.json")
+    with pytest.raises(WeightsIntegrityError, match="junk.pt: not a readable PyTorch state dict"):
+        load_model(junk, device="cpu")
