@@ -94,14 +94,19 @@ class _PrintedOutcomes(logging.Filter):
         return not (record.levelno >= logging.ERROR and getattr(record, "task_name", None) in self.IMAGE_TASKS)
 
 
-def _prefect_quiet(verbose: bool) -> None:
+def _prefect_quiet(verbose: bool, printed: bool = True) -> None:
+    """Prefect and Dask at warnings; with ``printed`` (``segpipe run``: this process prints
+    each image's outcome and the flow's error itself) their log records are dropped
+    (:class:`_PrintedOutcomes`). ``segpipe serve`` prints neither: there the records stay,
+    for its console and the Prefect server's logs."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         for name in ("distributed", "prefect", "segpipe"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        for name in ("prefect.flow_runs", "prefect.task_runs", "segpipe.pipeline"):  # filters see their own logger's records only
+        for name in ("prefect.flow_runs", "prefect.task_runs", "segpipe.pipeline") if printed else ():
+            # a logger's filters see its own records only
             logger = logging.getLogger(name)
             if not any(isinstance(f, _PrintedOutcomes) for f in logger.filters):
                 logger.addFilter(_PrintedOutcomes())
@@ -384,7 +389,7 @@ def serve(
     # everything a nightly run would stop at is checked now, once, before "serving"
     cfg = load_config(config, {})
     source, results = _absolute(source), _absolute(results)  # the served runs need not share our cwd
-    _prefect_quiet(False)
+    _prefect_quiet(False, printed=False)
     from flows.schedule import check_schedule, serve_archive
 
     check_schedule(cron)
