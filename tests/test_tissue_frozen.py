@@ -23,7 +23,14 @@ from segpipe.tissue import (
     tissue_cells,
     tissue_mask,
 )
-from segpipe.tissue._mask import _MODALITIES, _block_mean, _close_disk2, _work_mask
+from segpipe.tissue._mask import (
+    _MODALITIES,
+    BORDER_MAJORITY,
+    GLASS_MAX_SATURATION,
+    _block_mean,
+    _close_disk2,
+    _work_mask,
+)
 from segpipe.tissue._select import _indices
 from segpipe.tissue._threshold import (
     _percentiles,
@@ -94,8 +101,15 @@ def ref_mask(thumb, mode):
         return np.ones(score.shape, bool)
     low_mean = float(score[score <= threshold].mean())
     high_mean = float(score[score > threshold].mean())
+    # session 9: a brightfield split whose weak side is not glass, or a grey image whose
+    # border lies on both sides, is all foreground
+    if mode == "brightfield" and thumb.shape[0] >= 3 and low_mean > GLASS_MAX_SATURATION:
+        return np.ones(score.shape, bool)
     border = np.concatenate([score[0], score[-1], score[:, 0], score[:, -1]])
-    if mode == "grey" and float(np.median(border)) > threshold:
+    bright_border = float(np.mean(border > threshold))
+    if mode == "grey" and 1 - BORDER_MAJORITY < bright_border < BORDER_MAJORITY:
+        return np.ones(score.shape, bool)
+    if mode == "grey" and bright_border >= BORDER_MAJORITY:
         mask = score < threshold + 0.5 * (high_mean - threshold)
     else:
         mask = score > threshold - 0.5 * (threshold - low_mean)

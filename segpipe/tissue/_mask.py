@@ -21,6 +21,13 @@ MIN_SEPARATION = 0.78
 #: Brightfield / fluorescence: a split is also strong when the class means are this many
 #: standard deviations of the tighter class apart (a unimodal histogram gives ~3).
 MIN_TIGHT_RATIO = 5.0
+#: Brightfield: the background class of a split is glass only when its mean saturation
+#: (smoothed, 0–1) is at most this; pale stroma is ~0.3, glass ~0–0.1. Otherwise the whole
+#: image is foreground.
+GLASS_MAX_SATURATION = 0.15
+#: Grey: the border's share on one side of the split that makes that side the background;
+#: between the two (a part touching three sides) the whole image is foreground.
+BORDER_MAJORITY = 0.9
 #: Long side (px) at which masks are computed; larger thumbnails are block-averaged first.
 WORK_SIZE = 512
 _MODALITIES = {
@@ -201,8 +208,17 @@ def _mask(
     low_mean = float(low.mean())
     high_mean = float(high.mean())
     del low, high
+    if mode == "brightfield" and thumb.shape[0] >= 3 and low_mean > GLASS_MAX_SATURATION:
+        # the weaker class is not glass (tissue everywhere, e.g. a crop): the split found
+        # nuclei in stroma, and keeping only its strong side would drop the tissue
+        return np.ones(score.shape, bool)
     border = np.concatenate([score[0], score[-1], score[:, 0], score[:, -1]])
-    bright_background = mode == "grey" and float(np.median(border)) > threshold
+    bright_border = float(np.mean(border > threshold))
+    if mode == "grey" and 1 - BORDER_MAJORITY < bright_border < BORDER_MAJORITY:
+        # grey: which side is background is read off the border; a part that covers much
+        # of it (touching three sides) leaves no side to call background
+        return np.ones(score.shape, bool)
+    bright_background = mode == "grey" and bright_border >= BORDER_MAJORITY
     if bright_background:  # grey: the background is the bright side
         mask = score < threshold + 0.5 * (high_mean - threshold)
     else:
