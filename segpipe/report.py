@@ -149,7 +149,8 @@ def _read_regions(fs: Any, root: str, image_id: str, run_id: str) -> pa.Table | 
 
 
 def _pictures(
-    results: str, row: dict[str, Any], regions: pa.Table | None, storage_options: dict[str, Any] | None
+    results: str, row: dict[str, Any], regions: pa.Table | None, storage_options: dict[str, Any] | None,
+    palette: dict[str, tuple[int, int, int]] | None = None,
 ) -> list[str]:  # fmt: skip
     """The ``<img>`` tags of a done image: its thumbnail, and with the label contours."""
     from segpipe.show import overlay_images
@@ -163,7 +164,8 @@ def _pictures(
         uri = row.get("labels_uri")
         name = str(uri).rstrip("/").rsplit("/", 1)[-1] if uri else None
         plain, drawn, _ = overlay_images(results, image_id, label_name=name, max_size=THUMB_SIZE,
-                                         label_classes=label_classes, storage_options=storage_options)  # fmt: skip
+                                         label_classes=label_classes, storage_options=storage_options,
+                                         palette=palette)  # fmt: skip
         return [f'<img class="thumb" alt="{_e(image_id)}" src="{_data_uri(plain)}">',
                 f'<img class="overlay" alt="{_e(image_id)} with labels" src="{_data_uri(drawn)}">']  # fmt: skip
     except (OSError, ValueError, KeyError) as exc:  # a missing pyramid must not sink the report
@@ -171,10 +173,9 @@ def _pictures(
 
 
 def _image_section(
-    row: dict[str, Any], regions: pa.Table | None, edges: np.ndarray | None, unit: str, pics: list[str]
+    row: dict[str, Any], regions: pa.Table | None, edges: np.ndarray | None, unit: str, pics: list[str],
+    palette: dict[str, tuple[int, int, int]],
 ) -> str:  # fmt: skip
-    from segpipe.show import class_colors
-
     image_id, status = row["image_id"], row["status"]
     parts = [f'<section class="image" id="img-{_e(image_id)}"><h3>{_e(image_id)} '
              f'<span class="status-{_e(status)}">{_e(status)}</span></h3>',
@@ -182,9 +183,8 @@ def _image_section(
     if row.get("error"):
         parts.append(f'<div class="error">{_e(row["error"])}</div>')
     colors: dict[str, tuple[int, int, int]] = {}
-    if regions is not None and regions.num_rows:
-        classes = regions.column("class").to_pylist()
-        colors = class_colors(set(classes))
+    if regions is not None and regions.num_rows:  # the run's colours: one per class in the whole report
+        colors = {c: palette[c] for c in sorted(set(regions.column("class").to_pylist()))}
     pics = list(pics)
     if regions is not None and edges is not None and regions.num_rows:
         col = "area_um2" if unit == "µm²" else "area_px"
@@ -250,7 +250,11 @@ def render_report(
     with ThreadPoolExecutor(max_workers=8) as pool:  # one small file per image: read them at once
         regions = dict(zip(done_ids, pool.map(lambda i: _read_regions(fs, root, i, run_id), done_ids),
                            strict=True))  # fmt: skip
-    use_um = any(r.get("mpp") for r in images)
+    # one colour per class for the whole report (histograms, legends, pictures)
+    palette = class_colors({c for t in regions.values() if t is not None for c in t.column("class").to_pylist()})
+    # µm² only when every done image has a pixel size: otherwise those without one would
+    # drop out of the run's statistics (their area_um2 is null)
+    use_um = bool(done_ids) and all(r.get("mpp") for r in images if r["status"] == "done")
     unit, col = ("µm²", "area_um2") if use_um else ("px", "area_px")
     areas = np.concatenate([np.asarray(t.column(col).to_numpy(zero_copy_only=False), float)
                             for t in regions.values() if t is not None and t.num_rows] or [np.zeros(0)])  # fmt: skip
@@ -312,7 +316,7 @@ def render_report(
                 val = np.asarray(t.column(col).to_numpy(zero_copy_only=False), float)
                 for c in set(cls):
                     by_class.setdefault(c, []).append(val[cls == c])
-        colors = class_colors(set(by_class))
+        colors = {c: palette[c] for c in sorted(by_class)}
         merged = {c: np.concatenate(v) for c, v in by_class.items()}
         out.append('<h2 id="classes">Regions per class</h2>')
         out.append(_table(["class", "regions", f"median area ({unit})", f"mean area ({unit})"],
@@ -335,7 +339,7 @@ def render_report(
                       numeric={2, 3, *range(4, 4 + len(timing_keys))}))  # fmt: skip
     out.append(f'<h2 id="images">Images ({len(images)})</h2>')
     drawn = [r for r in images[:MAX_IMAGES] if r["status"] == "done"]
-    args = [(results, r, regions.get(r["image_id"]), storage_options) for r in drawn]
+    args = [(results, r, regions.get(r["image_id"]), storage_options, palette) for r in drawn]
     pics = None
     if client is not None and args:  # the run's workers are idle now, and hold no GIL of ours
         try:
@@ -347,7 +351,7 @@ def render_report(
         with ThreadPoolExecutor(max_workers=min(4, max(1, len(args)))) as pool:
             pics = list(pool.map(lambda a: _pictures(*a), args))
     by_id = {r["image_id"]: p for r, p in zip(drawn, pics, strict=True)}
-    out.extend(_image_section(r, regions.get(r["image_id"]), edges, unit, by_id.get(r["image_id"], []))
+    out.extend(_image_section(r, regions.get(r["image_id"]), edges, unit, by_id.get(r["image_id"], []), palette)
                for r in images)  # fmt: skip
     if len(images) > MAX_IMAGES:
         out.append(

@@ -141,8 +141,14 @@ def _resize_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _draw_contours(
-    rgb: np.ndarray, labels: np.ndarray, classes: Mapping[int, str]
-) -> tuple[np.ndarray, dict[str, tuple[int, int, int]]]:
+    rgb: np.ndarray, labels: np.ndarray, classes: Mapping[int, str],
+    palette: Mapping[str, tuple[int, int, int]] | None = None,
+) -> tuple[np.ndarray, dict[str, tuple[int, int, int]]]:  # fmt: skip
+    """Label contours drawn in their class's colour; the colours of the classes drawn.
+
+    ``palette``: the colour of each class (e.g. one for a whole report, so that a class has
+    one colour in every picture); default :func:`class_colors` of every class in
+    ``classes``, not only those drawn, so a crop keeps the image's colours."""
     from skimage.segmentation import find_boundaries
 
     out = rgb.copy()
@@ -151,10 +157,14 @@ def _draw_contours(
         return out, {}
     ids = labels[edges]
     present = {classes.get(int(i), "region") for i in np.unique(ids)}
-    colors = class_colors(present)
+    colors = dict(palette or {})
+    missing = (set(classes.values()) | present) - colors.keys()
+    if missing:  # every class has a colour before any lookup (a crop may lack some)
+        colors.update({c: v for c, v in class_colors(missing | colors.keys()).items() if c in missing})
     if len(present) == 1:
-        out[edges] = colors[present.pop()]
-        return out, colors
+        only = present.pop()
+        out[edges] = colors[only]
+        return out, {only: colors[only]}
     keys = np.array(sorted(classes), dtype=np.int64)
     names = sorted(colors)
     code = np.array([names.index(classes[k]) for k in keys], dtype=np.int64)
@@ -162,7 +172,7 @@ def _draw_contours(
     pos = np.searchsorted(keys, ids).clip(0, max(len(keys) - 1, 0))
     found = keys[pos] == ids if len(keys) else np.zeros(ids.shape, bool)
     out[edges] = lut[np.where(found, code[pos], len(names))]
-    return out, colors
+    return out, {c: colors[c] for c in sorted(present)}
 
 
 def overlay_images(
@@ -173,11 +183,13 @@ def overlay_images(
     max_size: int = 1024,
     label_classes: Mapping[int, str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    palette: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> tuple[Any, Any, dict[str, tuple[int, int, int]]]:
     """The image and the image with label contours, as PIL images, plus the class colours.
 
     Parameters are those of :func:`render_overlay`; ``label_classes`` (label → class)
-    overrides the lookup in the ``regions`` table.
+    overrides the lookup in the ``regions`` table, and ``palette`` (class → colour) the
+    colours (default :func:`class_colors` of the image's classes).
 
     Returns
     -------
@@ -246,7 +258,7 @@ def overlay_images(
         )
         labels = _resize_nearest(labels, rgb.shape[:2])
         classes = dict(label_classes) if label_classes is not None else table_classes
-        overlay, colors = _draw_contours(rgb, labels, classes)
+        overlay, colors = _draw_contours(rgb, labels, classes, palette)
 
     return Image.fromarray(rgb), Image.fromarray(overlay), colors
 

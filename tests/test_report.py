@@ -111,3 +111,16 @@ def test_report_pictures_drawn_on_the_cluster_are_the_same(report: Path, dask_cl
     on_cluster = Path(write_report(results, "run1", client=dask_client)).read_text(encoding="utf-8")
     assert on_cluster == on_threads
     assert len(re.findall(r"<img[^>]* src=", on_cluster)) == 4
+
+
+def test_areas_in_px_when_an_image_has_no_pixel_size(tmp_path: Path) -> None:
+    """Session 9: one image with a pixel size made the whole run's statistics µm², and the
+    regions of images without one (null area_um2) silently dropped out of them."""
+    results = str(tmp_path / "res")
+    make_run(results)
+    page = Path(write_report(results, "run1")).read_text(encoding="utf-8")
+    assert "Region areas (µm²)" in page  # every done image has a pixel size
+    write_image_row(results, {"image_id": "slide-b", "run_id": "run1", "status": "done", "n_regions": 12,
+                              "mpp": None, "labels_uri": "x/labels/nuclei"})  # fmt: skip
+    page = Path(write_report(results, "run1")).read_text(encoding="utf-8")
+    assert "Region areas (px)" in page and "µm²" not in page

@@ -163,3 +163,22 @@ def test_default_label_is_the_one_the_images_row_names(tmp_path: Path) -> None:
     colour = class_colors({"cell"})["cell"]
     assert np.all(rgb[100, 100:140] == colour) and np.all(rgb[139, 100:140] == colour)
     assert not np.all(rgb[120, 120] == colour)
+
+
+def test_a_crop_without_every_class_keeps_the_image_colours() -> None:
+    """Session 9: a crop holding only some classes of a semantic model's image raised
+    ``'stain' is not in list``; and a class's colour must not depend on which classes a
+    crop (or a report picture) happens to show."""
+    from segpipe.show import _draw_contours
+
+    labels = np.zeros((20, 20), np.int64)
+    labels[2:8, 2:8], labels[10:16, 10:16] = 1, 2
+    classes = {1: "pit", 2: "scratch", 3: "stain"}  # 3 is elsewhere in the image
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    out, colors = _draw_contours(rgb, labels, classes)
+    everyone = class_colors({"pit", "scratch", "stain"})
+    assert colors == {"pit": everyone["pit"], "scratch": everyone["scratch"]}
+    assert tuple(out[2, 2]) == everyone["pit"] and tuple(out[10, 10]) == everyone["scratch"]
+    run_palette = {"pit": (1, 2, 3), "scratch": (4, 5, 6), "stain": (7, 8, 9), "dust": (9, 9, 9)}
+    out, colors = _draw_contours(rgb, labels, classes, run_palette)  # a report's colours win
+    assert tuple(out[2, 2]) == (1, 2, 3) and colors == {"pit": (1, 2, 3), "scratch": (4, 5, 6)}
