@@ -26,7 +26,6 @@ from segpipe.cluster import worker_threads
 from segpipe.config import SegpipeConfig, load_config
 from segpipe.lock import ResultsLock
 from segpipe.pipeline import (
-    FALLBACK_MODEL,
     ImageOutcome,
     RunSummary,
     clear_staging,
@@ -36,7 +35,7 @@ from segpipe.pipeline import (
     one_line,
     open_client,
     plan_run,
-    resolve_model,
+    run_model,
     run_row,
     skipped_rows,
     summarise,
@@ -143,7 +142,7 @@ def archive_run(source: str, results: str, model: str | None = None, config: str
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc)
     cfg = load_config(config, overrides)
-    ref = resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
+    ref = run_model(model, cfg)
     if ref.fallback_note:
         logger.warning(ref.fallback_note)
     run_id = new_run_id()

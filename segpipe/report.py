@@ -251,7 +251,7 @@ def render_report(
         regions = dict(zip(done_ids, pool.map(lambda i: _read_regions(fs, root, i, run_id), done_ids),
                            strict=True))  # fmt: skip
     # one colour per class for the whole report (histograms, legends, pictures)
-    palette = class_colors({c for t in regions.values() if t is not None for c in t.column("class").to_pylist()})
+    palette = class_colors({c for t in regions.values() if t is not None for c in t.column("class").unique().to_pylist()})
     # µm² only when every done image has a pixel size: otherwise those without one would
     # drop out of the run's statistics (their area_um2 is null)
     use_um = bool(done_ids) and all(r.get("mpp") for r in images if r["status"] == "done")

@@ -132,16 +132,31 @@ def _absolute(url: str) -> str:
     return url if "://" in url else os.path.abspath(url)
 
 
+def _require_source(source: str) -> None:
+    from segpipe.io import exists
+
+    if not exists(source):
+        raise ConfigError(f"archive source {source!r} does not exist; check the path or URL")
+
+
+def _check_model_and_results(model: str | None, cfg: Any, results: str) -> Any:
+    """The run's model (loaded once: a bad weights file is one line here, not a Prefect
+    traceback), then RESULTS made a results folder (an unwritable one is one line too)."""
+    from segpipe import tables
+    from segpipe.pipeline import run_model
+
+    ref = run_model(model, cfg)
+    tables.init_results(results)
+    return ref
+
+
 def _run_archive(source: str, results: str, model: str | None, config: Path | None,
                  overrides: dict[str, Any], verbose: bool) -> Any:
     from segpipe.config import load_config
 
     cfg = load_config(config, overrides)  # every settings problem is reported before any work
     source, results = _absolute(source), _absolute(results)
-    from segpipe.io import exists
-
-    if not exists(source):
-        raise ConfigError(f"archive source {source!r} does not exist; check the path or URL")
+    _require_source(source)
     _check_free(results)
     # Plan first (no torch, no Prefect, no cluster): a rerun with nothing to do ends here.
     from segpipe.pipeline import plan_archive, record_noop_run
@@ -152,8 +167,7 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
         summary = record_noop_run(plan)
         if summary is not None:
             return summary
-    from segpipe import tables
-    from segpipe.pipeline import FALLBACK_MODEL, prestart_client, resolve_model
+    from segpipe.pipeline import prestart_client
 
     _prefect_quiet(verbose)
     # Prefect's API server boots (a subprocess) while the model is checked, the Dask cluster
@@ -165,8 +179,7 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
     try:
         checked = False
         if plan is None:  # a weights file: check it before starting anything
-            ref = resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
-            tables.init_results(results)
+            ref = _check_model_and_results(model, cfg, results)
             checked = True
         else:
             ref = plan.model
@@ -175,10 +188,8 @@ def _run_archive(source: str, results: str, model: str | None, config: Path | No
         if plan is not None and not plan.to_run:  # the no-op run lost a race: no cluster needed
             cluster = contextlib.nullcontext()
         with cluster as cluster_ready:
-            if not checked:
-                # A bad weights file or an unwritable RESULTS is one line here, not a Prefect traceback.
-                resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
-                tables.init_results(results)
+            if not checked:  # meanwhile the cluster starts
+                _check_model_and_results(model, cfg, results)
             # Prefect's flow machinery is imported while the API server boots
             from flows import archive_run, set_reporter
             from segpipe.cli._progress import RichReporter, make_reporter
@@ -381,10 +392,7 @@ def serve(
 
     Example: segpipe serve /data/slides --out /data/results --cron "0 2 * * *"
     """
-    from segpipe import tables
     from segpipe.config import load_config
-    from segpipe.io import exists
-    from segpipe.pipeline import FALLBACK_MODEL, resolve_model
 
     # everything a nightly run would stop at is checked now, once, before "serving"
     cfg = load_config(config, {})
@@ -393,10 +401,8 @@ def serve(
     from flows.schedule import check_schedule, serve_archive
 
     check_schedule(cron)
-    if not exists(source):
-        raise ConfigError(f"archive source {source!r} does not exist; check the path or URL")
-    resolve_model(model or cfg.infer.model, fallback=None if model else FALLBACK_MODEL)
-    tables.init_results(results)
+    _require_source(source)
+    _check_model_and_results(model, cfg, results)
     out.print(f"serving archive-run/{name} on cron {cron!r}; stop with Ctrl-C", markup=False)
     serve_archive(source, results, cron=cron, name=name, model=model,
                   config=str(Path(config).resolve()) if config else None)  # fmt: skip

@@ -181,6 +181,13 @@ FALLBACK_MODEL = "classical"
 """Used by a run that names no model when the default's weights are not installed."""
 
 
+def run_model(model: str | None, config: SegpipeConfig) -> ModelRef:
+    """The model a run uses (:func:`resolve_model`): ``model`` when named, else the config's
+    ``infer.model``, which falls back to :data:`FALLBACK_MODEL` when its built-in weights
+    are not installed (a model the user named never does)."""
+    return resolve_model(model or config.infer.model, fallback=None if model else FALLBACK_MODEL)
+
+
 def resolve_model(name: str, *, fallback: str | None = None) -> ModelRef:
     """Identify a model (name + weights sha256) without loading it on the workers.
 
@@ -239,12 +246,10 @@ def _same_source(recorded: Any, entry: Any) -> bool:
     written with a relative path, or before the archive moved) one ending in the entry's
     path inside the archive. An id can pass to another file (``x.tif`` added beside
     ``x.tiff``): a file of the same size and time must not then inherit the other's results."""
-    uri = getattr(entry, "uri", None)
-    if uri is None or recorded is None:
-        return True  # nothing to compare (entries made by hand)
+    if recorded is None:
+        return True  # a row that recorded no source: nothing to compare
     recorded = str(recorded)
-    rel = str(getattr(entry, "relpath", "") or "")
-    return recorded == uri or bool(rel) and (recorded == rel or recorded.endswith("/" + rel))
+    return recorded in (entry.uri, entry.relpath) or recorded.endswith("/" + entry.relpath)
 
 
 # -- stages -----------------------------------------------------------------------------------
