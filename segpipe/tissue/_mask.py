@@ -212,13 +212,15 @@ def _mask(
         # the weaker class is not glass (tissue everywhere, e.g. a crop): the split found
         # nuclei in stroma, and keeping only its strong side would drop the tissue
         return np.ones(score.shape, bool)
-    border = np.concatenate([score[0], score[-1], score[:, 0], score[:, -1]])
-    bright_border = float(np.mean(border > threshold))
-    if mode == "grey" and 1 - BORDER_MAJORITY < bright_border < BORDER_MAJORITY:
-        # grey: which side is background is read off the border; a part that covers much
-        # of it (touching three sides) leaves no side to call background
-        return np.ones(score.shape, bool)
-    bright_background = mode == "grey" and bright_border >= BORDER_MAJORITY
+    bright_background = False
+    if mode == "grey":  # which side is background is read off the image's border
+        border = np.concatenate([score[0], score[-1], score[:, 0], score[:, -1]])
+        bright_border = float(np.mean(border > threshold))
+        if 1 - BORDER_MAJORITY < bright_border < BORDER_MAJORITY:
+            # a part that covers much of it (touching three sides) leaves no side to call
+            # background
+            return np.ones(score.shape, bool)
+        bright_background = bright_border >= BORDER_MAJORITY
     if bright_background:  # grey: the background is the bright side
         mask = score < threshold + 0.5 * (high_mean - threshold)
     else:
