@@ -149,8 +149,8 @@ def archive_run(source: str, results: str, model: str | None = None, config: str
     results = str(results).rstrip("/")
     with ResultsLock(results, owner=run_id, lease_s=cfg.run.lease_s) as lock:
         tables.init_results(results)
-        items = discover_items(source, cfg)
         states = tables.image_states(results)
+        items = discover_items(source, cfg, states=states)
         to_run, to_skip = plan_run(items, states, ref, cfg)
         logger.info("run %s: %d images, %d to segment, %d unchanged", run_id, len(items), len(to_run), len(to_skip))
         tables.write_run_row(results, run_row(run_id, source, results, ref, cfg, "running", started,

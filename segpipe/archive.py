@@ -21,7 +21,7 @@ import hashlib
 import posixpath
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,8 @@ _STRIP_SUFFIXES = (
     ".jpg",
     ".zarr",
 )
+#: What an id looks like (:func:`image_id_for`): kept ids from a table are checked against it.
+_SAFE_ID = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_ID_LENGTH - 1}}}")
 _RESERVED = {
     "con",
     "prn",
@@ -363,7 +365,7 @@ def image_id_for(relpath: str) -> str:
     return text
 
 
-def assign_image_ids(relpaths: Iterable[str]) -> dict[str, str]:
+def assign_image_ids(relpaths: Iterable[str], keep: Mapping[str, str] | None = None) -> dict[str, str]:
     """Unique ids for all ``relpaths``; collisions resolved deterministically.
 
     When several paths map to the same :func:`image_id_for`, the one whose id is an exact
@@ -372,22 +374,30 @@ def assign_image_ids(relpaths: Iterable[str]) -> dict[str, str]:
     ``-<hash>`` of its own relpath appended, so adding a case- or accent-variant of a name
     never renames the plain one.
 
+    ``keep`` maps paths to the ids they already have (the results' images table): those
+    paths keep them, and the others are given ids around them. An image's id names its
+    results, so adding ``x.tif`` beside an ``x.tiff`` that has the id ``x`` gives the new
+    file ``x-<hash>`` instead of taking ``x`` over (the rule above prefers ``x.tif``).
+
     >>> assign_image_ids(["a.tif", "A.tif"])
     {'A.tif': 'a-bfbb6197', 'a.tif': 'a'}
+    >>> assign_image_ids(["x.tif", "x.tiff"], keep={"x.tiff": "x"})
+    {'x.tif': 'x-57fdfe2a', 'x.tiff': 'x'}
     """
     paths = sorted(set(relpaths))
+    result = _kept_ids(paths, keep or {})
     groups: dict[str, list[str]] = {}
     for rel in paths:
         groups.setdefault(image_id_for(rel), []).append(rel)
-    result: dict[str, str] = {}
-    taken = set(groups)
+    taken = set(groups) | set(result.values())
     for base, members in groups.items():
-        if len(members) == 1:
-            result[members[0]] = base
+        members = [rel for rel in members if rel not in result]
+        if not members:
             continue
         members.sort(key=lambda r: (_strip_suffix(r).replace("/", "_") != base, r != r.lower(), r))
-        result[members[0]] = base
-        for rel in members[1:]:
+        if base not in result.values():
+            result[members.pop(0)] = base
+        for rel in members:
             n = 8
             while True:
                 stem = base[: MAX_ID_LENGTH - n - 1].rstrip("._-")
@@ -398,3 +408,13 @@ def assign_image_ids(relpaths: Iterable[str]) -> dict[str, str]:
             taken.add(candidate)
             result[rel] = candidate
     return dict(sorted(result.items()))
+
+
+def _kept_ids(paths: Sequence[str], keep: Mapping[str, str]) -> dict[str, str]:
+    """The ids of ``keep`` that can stay: of listed paths, safe, and held by one path only."""
+    holders: dict[str, list[str]] = {}
+    for rel in paths:
+        ident = keep.get(rel)
+        if ident is not None and _SAFE_ID.fullmatch(ident) and ".." not in ident and ident not in _RESERVED:
+            holders.setdefault(ident, []).append(rel)
+    return {rels[0]: ident for ident, rels in holders.items() if len(rels) == 1}

@@ -198,6 +198,34 @@ def test_adding_a_variant_keeps_existing_ids() -> None:
     assert after["a.tif"] == before["a.tif"] and after["slides/b.svs"] == before["slides/b.svs"]
 
 
+def test_recorded_ids_are_kept() -> None:
+    """An id names its results: a file added later must not take the id of one that has it."""
+    assert assign_image_ids(["x.tif", "x.tiff"])["x.tif"] == "x"  # the rule alone prefers x.tif
+    ids = assign_image_ids(["x.tif", "x.tiff"], keep={"x.tiff": "x"})
+    assert ids["x.tiff"] == "x" and ids["x.tif"].startswith("x-")
+    ids = assign_image_ids(["a/b.png", "a_b.png"], keep={"a_b.png": "a_b"})
+    assert ids == {"a/b.png": ids["a/b.png"], "a_b.png": "a_b"} and ids["a/b.png"].startswith("a_b-")
+    # a kept id that is another group's plain id pushes that group's file to a hashed one
+    ids = assign_image_ids(["odd.tif", "q.tif"], keep={"odd.tif": "q"})
+    assert ids["odd.tif"] == "q" and ids["q.tif"].startswith("q-")
+    # unusable records are ignored: unsafe, reserved, held by two files, of files not listed
+    for keep in ({"a.tif": "../a"}, {"a.tif": "con"}, {"a.tif": "A"}, {"a.tif": "z", "b.tif": "z"},
+                 {"gone.tif": "a"}):  # fmt: skip
+        assert assign_image_ids(["a.tif", "b.tif"], keep=keep) == {"a.tif": "a", "b.tif": "b"}, keep
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=40), max_size=12), st.data())
+def test_ids_unique_whatever_is_kept(relpaths: list[str], data: st.DataObject) -> None:
+    keep = data.draw(st.dictionaries(st.sampled_from(relpaths) if relpaths else st.nothing(),
+                                     st.sampled_from(["a", "b", "a-1", "x_y", "con", "../a", "B"])))
+    ids = assign_image_ids(relpaths, keep=keep)
+    assert len(set(ids.values())) == len(ids) == len(set(relpaths))
+    assert all(SAFE.match(i) and ".." not in i for i in ids.values())
+    held = [i for i in keep.values() if i in ("a", "b", "a-1", "x_y")]
+    assert all(ids[rel] == i for rel, i in keep.items() if held.count(i) == 1)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(min_size=0, max_size=40), max_size=12))
 def test_ids_always_safe_and_unique(relpaths: list[str]) -> None:

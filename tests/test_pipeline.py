@@ -319,6 +319,25 @@ def test_ids_do_not_depend_on_include_and_exclude(tmp_path, cfg):
         assert [(i.relpath, i.image_id) for i in narrowed] == [("a_b.tif", every["a_b.tif"])]
 
 
+def test_ids_the_results_give_are_kept(tmp_path, cfg):
+    """x.tif added beside an x.tiff that has the id x gets a new id, instead of taking x over
+    (x.tiff would then be redone under a new id and x's rows would name another file)."""
+    arc = tmp_path / "arc"
+    arc.mkdir()
+    tifffile.imwrite(arc / "x.tiff", np.zeros((8, 8), np.uint8))
+    (first,) = discover_items(str(arc), cfg)
+    assert first.image_id == "x"
+    tifffile.imwrite(arc / "x.tif", np.zeros((8, 8), np.uint8))
+    assert {i.relpath: i.image_id for i in discover_items(str(arc), cfg)}["x.tif"] == "x"  # no results: the rule
+    for recorded in (first.uri, "/old/place/x.tiff", "arc/x.tiff"):  # the archive may have moved since
+        states = {"x": {"status": "done", "source_uri": recorded}}
+        ids = {i.relpath: i.image_id for i in discover_items(str(arc), cfg, states=states)}
+        assert ids["x.tiff"] == "x" and ids["x.tif"].startswith("x-"), recorded
+    # one file recorded under two ids (an older run's swap): its exact URI wins, then the smaller id
+    states = {"x": {"source_uri": "/old/x.tiff"}, "x-old": {"source_uri": first.uri}, "b": {"source_uri": None}}
+    assert {i.relpath: i.image_id for i in discover_items(str(arc), cfg, states=states)}["x.tiff"] == "x-old"
+
+
 def test_is_transient_and_one_line():
     assert is_transient(OSError("connection reset")) and is_transient(TimeoutError())
     assert not is_transient(ImageReadError("x.tif: truncated"))

@@ -324,7 +324,7 @@ def ingest(
     from segpipe.pipeline import discover_items, ingest_stage, new_run_id, open_client
 
     cfg = load_config(config, _overrides(**{"run.cluster": cluster, "run.include": include, "run.exclude": exclude}))
-    items = discover_items(source, cfg)
+    items = discover_items(source, cfg, states=tables.image_states(results))  # ids the results already give
     if not items:
         raise ConfigError(f"{source}: no images found (check --include / --exclude)")
     # the lock keeps a run of the same results folder out while the stores are replaced

@@ -114,8 +114,8 @@ def plan_archive(source: str, results: str, model: str | None, config: SegpipeCo
     ref = peek_model(model or config.infer.model, fallback=None if model else FALLBACK_MODEL)
     if ref is None:
         return None
-    items = discover_items(source, config, storage_options)
     states = tables.image_states(results, storage_options) if _has_tables(results, storage_options) else {}
+    items = discover_items(source, config, storage_options, states)
     to_run, to_skip = plan_run(items, states, ref, config)
     return RunPlan(str(source), str(results).rstrip("/"), ref, config, items, to_run, to_skip)
 

@@ -8,7 +8,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -62,9 +62,12 @@ class RunSummary:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def discover_items(source: str, config: SegpipeConfig,
-                   storage_options: dict[str, Any] | None = None) -> list[ArchiveItem]:
+def discover_items(source: str, config: SegpipeConfig, storage_options: dict[str, Any] | None = None,
+                   states: Mapping[str, Mapping[str, Any]] | None = None) -> list[ArchiveItem]:
     """Discover the archive's images (include / exclude globs) and fingerprint them.
+
+    ``states`` (:func:`segpipe.tables.image_states` of the results) keeps the ids the
+    results already give these files (:func:`segpipe.archive.assign_image_ids`).
 
     Raises
     ------
@@ -79,7 +82,7 @@ def discover_items(source: str, config: SegpipeConfig,
     # (with `--include a_b.png`, a_b.png took the id of a/b.png and overwrote its results)
     wide = (*archive.DEFAULT_INCLUDE, *run.include) if run.include else None
     listed = archive.discover(source, include=wide, storage_options=storage_options)
-    ids = archive.assign_image_ids([e.relpath for e in listed])
+    ids = archive.assign_image_ids([e.relpath for e in listed], keep=_recorded_ids(listed, states or {}))
     single = str(source).rstrip("/")  # a source that is one image is taken whatever the globs
     entries = [e for e in listed if e.uri == single or archive.selected(e.relpath, run.include, run.exclude)]
     return [
@@ -88,6 +91,27 @@ def discover_items(source: str, config: SegpipeConfig,
                                                     storage_options=storage_options))
         for e in entries
     ]  # fmt: skip
+
+
+def _recorded_ids(listed: Sequence[Any], states: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """relpath → the id whose latest row recorded that file as its source: the same URI, or
+    (a relative path, an archive that moved) the longest relpath the recorded one ends in.
+    A file recorded under several ids keeps the one of its exact URI, then the smallest."""
+    by_uri = {e.uri: e.relpath for e in listed}
+    relpaths = set(by_uri.values())
+    found: dict[str, tuple[bool, str]] = {}
+    for image_id, row in states.items():
+        recorded = row.get("source_uri")
+        if not recorded:
+            continue
+        rel, exact = by_uri.get(str(recorded)), True
+        if rel is None:
+            parts = str(recorded).split("/")
+            rel = next(("/".join(parts[k:]) for k in range(len(parts)) if "/".join(parts[k:]) in relpaths), None)
+            exact = False
+        if rel is not None and (rel not in found or (not exact, image_id) < (not found[rel][0], found[rel][1])):
+            found[rel] = (exact, image_id)
+    return {rel: image_id for rel, (_, image_id) in found.items()}
 
 
 @contextlib.contextmanager
