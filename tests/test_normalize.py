@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -219,3 +221,80 @@ def test_otsu_normalisation_maps_the_otsu_threshold_to_one_half() -> None:
     flat = np.full((1, 16, 16), 7, np.uint8)  # no threshold above the low percentile
     assert image_stats(flat, OTSU, "grey") == image_stats(flat, GREY, "grey")
 
+
+
+def fluorescence_field(
+    size: int, radius: int, levels: Sequence[int], seed: int = 0
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A (1, size, size) uint16 fluorescence-like field: background ~300 ± 30 and one disc
+    per level (its brightness), along the diagonal; and the discs' centres."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(300, 30, (size, size))
+    yy, xx = np.mgrid[:size, :size]
+    centres = [((i + 1) * size // (len(levels) + 1),) * 2 for i in range(len(levels))]
+    for (cy, cx), level in zip(centres, levels, strict=True):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] += level - 300
+    return np.clip(img, 0, 65535).astype(np.uint16)[None], centres
+
+
+@pytest.mark.parametrize("speck", [False, True])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.float32])
+def test_otsu_ignores_a_few_hot_pixels(speck, dtype) -> None:
+    """Four saturated pixels (or a 2×3 speck at 40000, below the dtype's maximum) among six
+    nuclei of 81 px (0.19 % of the field) do not move the Otsu threshold: unclipped, their
+    squared distance outweighs the nuclei and the threshold went above all six (≈6070)."""
+    clean, centres = fluorescence_field(512, 5, [2500, 3000, 3500, 4500, 5000, 6000])
+    spotted = clean.copy()
+    if speck:
+        spotted[0, 100:102, 300:303] = 40000
+    else:
+        spotted[0, [100, 400, 60, 450], [300, 200, 450, 30]] = 65535
+    ref = image_stats(clean.astype(dtype), OTSU, "fluorescence")
+    stats = image_stats(spotted.astype(dtype), OTSU, "fluorescence")
+    assert stats.low == ref.low
+    assert stats.high[0] == pytest.approx(ref.high[0], abs=2.0)
+    y = prepare(spotted.astype(dtype), stats, OTSU, "fluorescence")[0]
+    assert all(y[cy, cx] > 0.5 for cy, cx in centres)
+    assert (y > 0.5).mean() < 0.01
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_otsu_still_finds_rare_objects(dtype) -> None:
+    """The clip (top 0.01 %) spares objects as rare as three small nuclei covering 0.09 % of
+    the field — a clip at the card's high percentile (99.8) would not — also with two hot
+    pixels, which the unclipped threshold put above the nuclei."""
+    img, centres = fluorescence_field(512, 5, [2300, 2300, 2300], seed=1)
+    spotted = img.copy()
+    spotted[0, [50, 400], [300, 100]] = 65535
+    for x in (img.astype(dtype), spotted.astype(dtype)):
+        stats = image_stats(x, OTSU, "fluorescence")
+        assert stats.low[0] + (stats.high[0] - stats.low[0]) / 2 < 1000
+        y = prepare(x, stats, OTSU, "fluorescence")[0]
+        assert all(y[cy, cx] > 0.5 for cy, cx in centres)
+        assert (y > 0.5).mean() < 0.002
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dtype=st.sampled_from([np.uint8, np.uint16, np.int16]),
+    n=st.integers(2, 3000),
+    hot=st.integers(0, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_clipped_otsu_of_the_histogram_equals_skimage(dtype, n, hot, seed) -> None:
+    """8/16-bit levels: Otsu of the clipped histogram equals skimage's threshold_otsu of the
+    values clipped at the ceiling of their 99.99th percentile."""
+    from skimage.filters import threshold_otsu
+
+    from segpipe.normalize import _OTSU_CLIP, _histograms, _otsu, _percentiles
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(100, 20, (1, n)) * rng.choice([1, 8], (1, n), p=[0.9, 0.1])
+    x[0, rng.integers(0, n, hot)] = info.max
+    x = np.clip(x, info.min, info.max).astype(dtype)
+    hists = _histograms(x)
+    clip = _percentiles(x, [_OTSU_CLIP], hists)[0]
+    clipped = np.minimum(x[0], np.ceil(clip[0]).astype(dtype))
+    expected = threshold_otsu(clipped) if clipped.min() < clipped.max() else clipped[0]
+    assert _otsu(x, hists, clip)[0] == expected
