@@ -6,6 +6,9 @@ pixel is decoded. PNG pixels are decoded with imagecodecs (keeps 16-bit RGB, whi
 reduces to 8 bits; expands palettes); JPEG with Pillow. 1-bit and 8-bit PNGs are uint8,
 16-bit PNGs uint16. Grey, grey+alpha → 1 channel; RGB, RGBA, palette, CMYK → 3 channels
 (alpha is dropped: it is transparency, not signal). Such an image has a single level.
+The EXIF Orientation (JPEG APP1, PNG eXIf / text chunk or XMP before the pixels) is read
+with the header and applied by :class:`~segpipe.io._source.ImageSource`, so a camera photo
+reads the way viewers show it.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class PilSource(ImageSource):
                     width, height = im.size
                     mode = im.mode
                     dpi = im.info.get("dpi")
+                    orientation = _orientation(im)
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(
                 f"{uri}: image declares more than the {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels "
@@ -82,6 +86,7 @@ class PilSource(ImageSource):
             n_channels = 1 if mode in ("L", "I;16") else 3
             dtype = np.uint16 if mode == "I;16" else np.uint8
         self._mode = mode
+        self._stored_shape = (height, width)
         self._pixels: np.ndarray | None = None
         super().__init__(
             uri,
@@ -91,6 +96,7 @@ class PilSource(ImageSource):
             _mpp_from_dpi(dpi),
             storage_options=storage_options,
             rgb=n_channels == 3,
+            orientation=orientation,
         )
 
     def _decode(self) -> np.ndarray:
@@ -111,7 +117,7 @@ class PilSource(ImageSource):
             arr = arr[:, :, np.newaxis]
         if arr.shape[2] in (2, 4):  # grey+alpha / RGBA: drop alpha
             arr = arr[:, :, :-1]
-        expected = (*self.level_shapes[0], self.n_channels)
+        expected = (*self._stored_shape, self.n_channels)
         if arr.shape != expected:
             raise ImageReadError(
                 f"{self.uri}: decoded shape {arr.shape} does not match the header {expected}"
@@ -125,6 +131,20 @@ class PilSource(ImageSource):
 
     def _close(self) -> None:
         self._pixels = None
+
+
+def _orientation(im: Any) -> Any:
+    """The EXIF Orientation of an opened image from its header (1 when absent or unreadable).
+
+    Pillow's base ``Image.getexif`` reads the EXIF found so far; ``PngImageFile.getexif``
+    would decode the whole image to look for an eXIf chunk after the pixels.
+    """
+    from PIL import ExifTags, Image
+
+    try:
+        return Image.Image.getexif(im).get(ExifTags.Base.Orientation, 1)
+    except Exception:  # a corrupt EXIF block does not make the pixels unreadable
+        return 1
 
 
 def _mpp_from_dpi(dpi: Any) -> float | None:

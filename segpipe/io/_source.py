@@ -7,7 +7,12 @@ Rules (one place, so every format behaves the same):
   2**24 / float32 precision — fine for intensities). Anything else (complex, 64-bit
   integers, structured) raises :class:`~segpipe.errors.UnsupportedImageError`.
 * **channels** — regions are channel-first ``(C, Y, X)``; 1 … :data:`MAX_CHANNELS`
-  channels. An alpha channel of an RGBA image is dropped (it is transparency, not signal).
+  channels. An alpha channel of an RGBA or grey+alpha image is dropped (it is transparency,
+  not signal).
+* **orientation** — regions and :attr:`~ImageSource.level_shapes` are the picture as viewers
+  show it: a JPEG's or PNG's EXIF Orientation is applied (Pillow's ``ImageOps.exif_transpose``;
+  orientations 5–8 swap Y and X), from the header, before anything is decoded. A TIFF's
+  Orientation tag is ignored, as OpenSlide, QuPath and tifffile do: slide coordinates match theirs.
 * **modality** — 3-channel uint8 RGB → ``"brightfield"``; 1-channel uint8 → ``"grey"``;
   everything else (several non-RGB channels, or 16-bit / float data) → ``"fluorescence"``.
   "RGB" means the file says so (TIFF photometric RGB/YCbCr, PNG/JPEG colour); a 3-channel
@@ -33,6 +38,19 @@ __all__ = ["ImageSource", "MAX_PIXELS", "MAX_CHANNELS", "target_dtype", "modalit
 MAX_PIXELS = 2**34
 #: Largest number of channels segpipe opens.
 MAX_CHANNELS = 64
+
+#: EXIF Orientation -> (transpose, flip Y, flip X) turning the stored pixels into the
+#: picture shown (as ``PIL.ImageOps.exif_transpose``); other values: as stored.
+_ORIENTATIONS = {
+    1: (False, False, False),
+    2: (False, False, True),
+    3: (False, True, True),
+    4: (False, True, False),
+    5: (True, False, False),
+    6: (True, False, True),
+    7: (True, True, True),
+    8: (True, True, False),
+}
 
 _KEEP = {np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32)}
 _CONVERT = {
@@ -152,10 +170,14 @@ class ImageSource:
     channel_names : list of str
     modality : str
         ``"brightfield"`` | ``"fluorescence"`` | ``"grey"``.
+    orientation : int
+        The file's EXIF Orientation (1: as stored), already applied to
+        ``level_shapes`` and to every region.
 
-    Subclasses implement :meth:`_read` (and optionally :meth:`_close`); this class checks
-    arguments, converts dtypes and turns failures into :class:`ImageReadError` naming the
-    file and region. Reads are serialised per source with a lock (file handles are shared).
+    Subclasses implement :meth:`_read` on the pixels as stored (and optionally
+    :meth:`_close`) and pass the stored level shapes; this class checks arguments, applies
+    the orientation, converts dtypes and turns failures into :class:`ImageReadError` naming
+    the file and region. Reads are serialised per source with a lock (file handles are shared).
     An ``ImageSource`` pickles as "open this URI again", never as its open handles.
     """
 
@@ -170,9 +192,13 @@ class ImageSource:
         modality: str | None = None,
         storage_options: dict[str, Any] | None = None,
         rgb: bool | None = None,
+        orientation: int = 1,
     ) -> None:
         self.uri = str(uri)
-        self.level_shapes = [(int(y), int(x)) for y, x in level_shapes]
+        ok = isinstance(orientation, int) and orientation in _ORIENTATIONS
+        self.orientation = int(orientation) if ok else 1
+        swap = _ORIENTATIONS[self.orientation][0]
+        self.level_shapes = [(int(y), int(x))[:: -1 if swap else 1] for y, x in level_shapes]
         if not self.level_shapes:
             raise ImageReadError(f"{uri}: no image data found in the file")
         check_size(self.level_shapes[0], self.uri)
@@ -223,9 +249,14 @@ class ImageSource:
             )
         if y0 == y1 or x0 == x1:
             return np.zeros((self.n_channels, y1 - y0, x1 - x0), self.dtype)
+        swap, flip_y, flip_x = _ORIENTATIONS[self.orientation]
+        sy0, sy1 = (ly - y1, ly - y0) if flip_y else (y0, y1)  # the region as stored
+        sx0, sx1 = (lx - x1, lx - x0) if flip_x else (x0, x1)
+        if swap:
+            sy0, sy1, sx0, sx1 = sx0, sx1, sy0, sy1
         try:
             with self._lock:
-                data = self._read(level, y0, x0, y1, x1)
+                data = self._read(level, sy0, sx0, sy1, sx1)
         except ImageReadError:
             raise
         except Exception as exc:  # decoders raise anything: report one line naming the file
@@ -233,6 +264,9 @@ class ImageSource:
                 f"{self.uri}: cannot read level {level} region y {y0}:{y1}, x {x0}:{x1} "
                 f"({type(exc).__name__}: {_one_line(exc)}); the file is truncated or corrupt"
             ) from exc
+        if swap:
+            data = data.transpose(0, 2, 1)
+        data = data[:, :: -1 if flip_y else 1, :: -1 if flip_x else 1]
         expected = (self.n_channels, y1 - y0, x1 - x0)
         if data.shape != expected:
             raise ImageReadError(

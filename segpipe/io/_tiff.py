@@ -63,12 +63,12 @@ class _Level:
     """One pyramid level: a tifffile series level or page, opened as zarr on first use."""
 
     def __init__(
-        self, obj: Any, axes: str, shape: tuple[int, ...], drop_alpha: bool, colors: Any = None
+        self, obj: Any, axes: str, shape: tuple[int, ...], keep: int | None, colors: Any = None
     ) -> None:
         self.obj = obj
         self.axes = axes
         self.shape = shape
-        self.drop_alpha = drop_alpha
+        self.keep = keep  # leading channels kept (see _kept_samples); None: all
         self.colors = colors  # see _photometric
         self._array: Any = None
         y = shape[axes.index("Y")]
@@ -89,7 +89,7 @@ class _Level:
     def read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         if self._page is not None:
             data = _read_segments(self._page, y0, x0, y1, x1, self._edges)
-            return self._convert(data[:3] if self.drop_alpha else data)
+            return self._convert(data[: self.keep])
         index: list[Any] = []
         kept = ""
         for ax, n in zip(self.axes, self.shape, strict=True):
@@ -109,14 +109,18 @@ class _Level:
             data = data[np.newaxis]
             kept = "C" + kept
         data = np.moveaxis(data, [kept.index("C"), kept.index("Y"), kept.index("X")], [0, 1, 2])
-        return self._convert(data[:3] if self.drop_alpha else data)
+        return self._convert(data[: self.keep])
 
     def _convert(self, data: np.ndarray) -> np.ndarray:
         """Stored values → what the page shows (:func:`_photometric`)."""
         if self.colors is None:
             return data
-        if isinstance(self.colors, np.ndarray):  # palette: (3, n) colour table
-            return self.colors[:, data[0]]
+        if isinstance(self.colors, np.ndarray):  # palette (3, n) on channel 0, bilevel (2,) on all
+            return np.take(self.colors, data[0] if self.colors.ndim == 2 else data, axis=-1)
+        if self.colors == "cmyk":  # as Pillow's CMYK -> RGB: (max - C) * (max - K) / max, rounded
+            top = np.iinfo(data.dtype).max
+            cmy, k = data[:3].astype(np.int64), data[3:4].astype(np.int64)
+            return (((top - cmy) * (top - k) + top // 2) // top).astype(data.dtype)
         return np.invert(data) if data.dtype.kind in "uib" else -data  # min-is-white
 
 
@@ -272,8 +276,17 @@ def _channel_count(axes: str, shape: tuple[int, ...], uri: str) -> int:
     return int(extra[0][1]) if extra else 1
 
 
-def _is_rgba(page: Any, samples: int) -> bool:
-    return samples == 4 and int(getattr(page, "photometric", -1)) == 2  # RGB + alpha
+def _kept_samples(page: Any) -> int | None:
+    """Leading samples kept of a page whose extra sample is transparency, as Pillow reads it:
+    3 of an RGB page's 4 (RGBA / RGBX), 1 of a grey page's 2 when the extra sample is alpha
+    (ExtraSamples associated or unassociated); None: all (e.g. unmarked fluorescence channels).
+    """
+    photometric = int(getattr(page, "photometric", -1))
+    samples = int(getattr(page, "samplesperpixel", 1))
+    if photometric == 2 and samples == 4:
+        return 3
+    alpha = tuple(int(e) for e in getattr(page, "extrasamples", None) or ()) in ((1,), (2,))
+    return 1 if photometric in (0, 1) and samples == 2 and alpha else None
 
 
 class TiffSource(ImageSource):
@@ -294,24 +307,25 @@ class TiffSource(ImageSource):
             first = self._levels[0]
             page0 = _first_page(first.obj)
             n_channels = _channel_count(first.axes, first.shape, uri)
-            if first.drop_alpha:
-                n_channels = 3
-            palette = isinstance(first.colors, np.ndarray) and n_channels == 1
-            if not palette and isinstance(first.colors, np.ndarray):  # several palette pages as channels
+            n_channels = first.keep or n_channels  # alpha dropped
+            table = isinstance(first.colors, np.ndarray)
+            palette = table and first.colors.ndim == 2
+            if palette and n_channels != 1:  # several palette pages as channels
                 raise UnsupportedImageError(f"{uri}: palette (colour-table) TIFF with {n_channels} "
                                             "channels; save each image as RGB")  # fmt: skip
-            if palette:
+            rgb = palette or (not table and first.colors == "cmyk")
+            if rgb:
                 n_channels = 3
             names, mpp = _metadata(self._tif, page0, n_channels, _series_index(self._tif, first.obj))
             super().__init__(
                 uri,
                 [lvl.yx for lvl in self._levels],
                 n_channels,
-                first.colors.dtype if palette else page0.dtype,
+                first.colors.dtype if table else page0.dtype,
                 mpp,
                 channel_names=names,
                 storage_options=storage_options,
-                rgb=palette or (n_channels == 3 and int(getattr(page0, "photometric", 1)) in (2, 6)),
+                rgb=rgb or (n_channels == 3 and int(getattr(page0, "photometric", 1)) in (2, 6)),
             )
         except BaseException:
             self._tif.close()
@@ -340,13 +354,22 @@ def _first_page(obj: Any) -> Any:
 
 
 def _photometric(page: Any) -> Any:
-    """How to show a page's stored values: None (as stored); ``"invert"`` for a one-sample
-    min-is-white page (0 is white: integers become ``max - v``, floats ``-v``); or the
-    ``(3, n)`` colour table of a palette page (uint8 when every entry is a multiple of 257,
-    as TIFF writers scale 8-bit colours)."""
+    """How to show a page's stored values, as Pillow shows them: None (as stored);
+    ``"invert"`` for a one-sample min-is-white page (0 is white: integers become ``max - v``,
+    floats ``-v``); the ``(2,)`` uint8 table ``[0, 255]`` (min-is-white ``[255, 0]``) of a
+    bilevel (1-bit) page; ``"cmyk"`` for an integer CMYK page (separated, 4 samples, InkSet
+    CMYK), shown as RGB; or the ``(3, n)`` colour table of a palette page (uint8 when every
+    entry is a multiple of 257, as TIFF writers scale 8-bit colours). An alpha sample
+    (:func:`_kept_samples`) is dropped before."""
     photometric = int(getattr(page, "photometric", -1))
-    if int(getattr(page, "samplesperpixel", 1)) != 1:
+    samples = _kept_samples(page) or int(getattr(page, "samplesperpixel", 1))
+    cmyk = photometric == 5 and samples == 4 and page.tags.valueof(332, 1) == 1  # InkSet CMYK
+    if cmyk and getattr(page.dtype, "kind", "") == "u":
+        return "cmyk"
+    if samples != 1:
         return None
+    if photometric in (0, 1) and int(getattr(page, "bitspersample", 8)) == 1:
+        return np.array([255, 0] if photometric == 0 else [0, 255], np.uint8)
     if photometric == 0:
         return "invert"
     colormap = getattr(page, "colormap", None) if photometric == 3 else None
@@ -361,8 +384,7 @@ def _photometric(page: Any) -> Any:
 def _level_from(obj: Any) -> _Level:
     page = _first_page(obj)
     axes, shape = str(obj.axes), tuple(int(n) for n in obj.shape)
-    samples = int(getattr(page, "samplesperpixel", 1))
-    return _Level(obj, axes, shape, drop_alpha=_is_rgba(page, samples), colors=_photometric(page))
+    return _Level(obj, axes, shape, keep=_kept_samples(page), colors=_photometric(page))
 
 
 def _find_levels(tif: tifffile.TiffFile, uri: str) -> list[_Level]:
