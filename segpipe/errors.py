@@ -17,6 +17,7 @@ __all__ = [
     "WeightsIntegrityError",
     "ResultsError",
     "ResultsLockedError",
+    "TableFileError",
     "ImageNotFoundError",
 ]
 
@@ -55,6 +56,11 @@ class ResultsError(SegpipeError, OSError):
 
 class ResultsLockedError(ResultsError):
     """Another run holds the lock on a results folder."""
+
+
+class TableFileError(ResultsError):
+    """A file under ``RESULTS/tables`` cannot be read as part of its table (empty, truncated,
+    corrupt, or not a segpipe table file)."""
 
 
 class ImageNotFoundError(ResultsError, KeyError):

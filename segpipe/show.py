@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from segpipe.errors import ConfigError, ImageNotFoundError, ResultsError
+from segpipe.errors import ConfigError, ImageNotFoundError, ResultsError, TableFileError
 from segpipe.io import is_remote, join_url, url_to_fs, zarr_store
 from segpipe.labels import image_zarr_url, label_names
 
@@ -111,21 +111,24 @@ def _label_info(
     results: str, image_id: str, storage_options: dict[str, Any] | None
 ) -> tuple[str | None, dict[int, str]]:
     """(label name of the image's latest done row, label → class) from the tables."""
-    from segpipe.tables import open_results
+    from segpipe.tables import open_results, read_errors
 
     try:
         con = open_results(results, storage_options)
-    except ResultsError:
+    except TableFileError:  # a bad table file is named, not drawn around
+        raise
+    except ResultsError:  # no tables: the labels are drawn without classes
         return None, {}
     try:
-        uri = con.execute(
-            "select labels_uri from images where image_id = ? and status = 'done' "
-            "order by updated_at desc limit 1",
-            [image_id],
-        ).fetchone()
-        rows = con.execute(
-            "select label, class from regions where image_id = ?", [image_id]
-        ).fetchall()
+        with read_errors(results, storage_options):
+            uri = con.execute(
+                "select labels_uri from images where image_id = ? and status = 'done' "
+                "order by updated_at desc limit 1",
+                [image_id],
+            ).fetchone()
+            rows = con.execute(
+                "select label, class from regions where image_id = ?", [image_id]
+            ).fetchall()
     finally:
         con.close()
     name = uri[0].rstrip("/").rsplit("/", 1)[-1] if uri and uri[0] else None

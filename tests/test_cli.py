@@ -342,3 +342,33 @@ def test_a_failed_image_is_reported_once_with_its_error(tmp_path):
     assert text.count(error) == 2, text  # the progress line and the summary
     assert "Task run" not in text and "Traceback" not in text
 
+
+
+def test_a_truncated_table_file_is_one_line_naming_it(results, tmp_path):
+    """A half-copied images or regions file: query, a rerun and show each fail with one line
+    naming the file, and write nothing."""
+    import shutil
+
+    archive = str(Path(results).parent / "archive")
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    for table, commands in (
+        ("images", [("query", str(copy), "select count(*) from regions"),
+                    ("run", archive, "--out", str(copy), "--model", "classical")]),
+        ("regions", [("query", str(copy), "select count(*) from regions"),
+                     ("show", str(copy), "one", "--out", str(tmp_path / "one.png"))]),
+    ):  # fmt: skip
+        bad = next((copy / "tables" / table / "one").glob("*.parquet"))
+        good = bad.read_bytes()
+        bad.write_bytes(good[: len(good) // 2])
+        before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+        for args in commands:
+            res = segpipe(*args)
+            assert res.returncode == 1, (args, res.stdout, res.stderr)
+            assert res.stderr.strip().splitlines() == [
+                f"error: {bad}: not a Parquet file (truncated or corrupt); "
+                f"restore it or move it out of {copy}/tables/{table}"
+            ], args
+        assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
+        assert not (tmp_path / "one.png").exists()
+        bad.write_bytes(good)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from test_labels import disc_labels, write_test_image  # tests/ is on sys.path (rootdir conftest)
 
-from segpipe.errors import ConfigError, ImageNotFoundError
+from segpipe.errors import ConfigError, ImageNotFoundError, TableFileError
 from segpipe.labels import create_label_array, finalize_labels, image_zarr_url
 from segpipe.show import UNKNOWN_COLOR, class_colors, overlay_images, render_overlay
 from segpipe.tables import write_image_row, write_regions
@@ -182,3 +182,14 @@ def test_a_crop_without_every_class_keeps_the_image_colours() -> None:
     run_palette = {"pit": (1, 2, 3), "scratch": (4, 5, 6), "stain": (7, 8, 9), "dust": (9, 9, 9)}
     out, colors = _draw_contours(rgb, labels, classes, run_palette)  # a report's colours win
     assert tuple(out[2, 2]) == (1, 2, 3) and colors == {"pit": (1, 2, 3), "scratch": (4, 5, 6)}
+
+
+@pytest.mark.parametrize("table", ["images", "regions"])
+def test_a_bad_table_file_is_named_not_drawn_around(tmp_path: Path, table: str) -> None:
+    """A truncated table file: one line naming it, no picture without the classes."""
+    build_results(str(tmp_path))
+    bad = tmp_path / "tables" / table / "slide-a" / "run1.parquet"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(TableFileError, match=rf"^{bad}: not a Parquet file \(truncated or corrupt\)"):
+        render_overlay(str(tmp_path), "slide-a", tmp_path / "a.png")
+    assert not (tmp_path / "a.png").exists()

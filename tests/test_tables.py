@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segpipe.errors import ConfigError, ImageNotFoundError, ResultsError
+from segpipe.errors import ConfigError, ImageNotFoundError, ResultsError, TableFileError
 from segpipe.tables import (
     IMAGES_SCHEMA,
     REGIONS_SCHEMA,
@@ -24,6 +24,7 @@ from segpipe.tables import (
     has_older_regions,
     image_states,
     init_results,
+    latest_done,
     open_results,
     prune_regions,
     run_query,
@@ -531,3 +532,103 @@ def test_files_from_an_older_schema_still_read(tmp_path: Path) -> None:
     ]
     assert con.execute("select count(*) from regions").fetchone()[0] == 2
     assert image_states(str(tmp_path))["old"]["status"] == "done"
+
+
+# --- a bad file under RESULTS/tables: one line naming it --------------------------------------
+
+
+def _damage(path: Path, how: str) -> None:
+    """Spoil a table file as a user or another tool might."""
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":  # a half-copied file: its footer is gone
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "text":
+        path.write_text("image_id,run_id\nslide,run1\n")
+    elif how == "foreign":  # another tool's Parquet file
+        pq.write_table(pa.table({"foo": [1, 2]}), path)
+    elif how == "wrong_type":  # a segpipe file with a column of the wrong type
+        table = pq.read_table(path)
+        name = "area_px" if "area_px" in table.column_names else "n_regions"
+        table = table.drop_columns([name]).append_column(name, pa.array(["many"] * table.num_rows))
+        pq.write_table(table, path)
+
+
+DAMAGES = {
+    "empty": "empty file (0 bytes), not a Parquet file",
+    "truncated": "not a Parquet file (truncated or corrupt)",
+    "text": "not a Parquet file (truncated or corrupt)",
+    "foreign": "not a segpipe {table} table file (no column",
+    "wrong_type": "not a segpipe {table} table file (column {column} cannot be read as int64",
+}
+
+
+@pytest.mark.parametrize(
+    ("table", "how"),
+    # not ("regions", "foreign"): a regions file is scanned lazily, its missing columns as nulls
+    [(t, h) for t in ("images", "runs", "regions") for h in DAMAGES if (t, h) != ("regions", "foreign")],
+)
+def test_bad_table_file_is_named_in_one_line(tmp_path: Path, table: str, how: str) -> None:
+    """An empty, truncated, non-Parquet or foreign file where segpipe keeps a table file: the
+    query (and, for the images table, planning a rerun) fails with one line naming the file,
+    which stays where it is (nothing is lost). Found only after the read failed."""
+    url = str(tmp_path / "res")
+    publish(url, "slide-a", "run1", 5, 0)
+    publish(url, "slide-b", "run1", 3, 0)
+    write_run_row(url, {"run_id": "run1", "status": "done", "started_at": T0, "n_regions": 8})
+    bad = tmp_path / "res" / "tables" / {"images": "images/slide-b/run1.parquet", "runs": "runs/run1.parquet",
+                                         "regions": "regions/slide-b/run1.parquet"}[table]  # fmt: skip
+    _damage(bad, how)
+    before = _snapshot(tmp_path / "res")
+    expected = DAMAGES[how].format(table=table, column="area_px" if table == "regions" else "n_regions")
+    with pytest.raises(TableFileError) as info:
+        run_query(url, "select count(*), sum(area_px) from regions", fmt="csv")
+    message = str(info.value)
+    assert message.startswith(f"{bad}: {expected}"), message
+    assert "\n" not in message and isinstance(info.value, ResultsError)
+    if table == "images":
+        for reader in (image_states, latest_done, open_results):
+            with pytest.raises(TableFileError, match=f"^{bad}: "):
+                reader(url)
+    assert _snapshot(tmp_path / "res") == before
+
+
+def test_bad_regions_file_on_s3_is_named(s3: Any) -> None:
+    from segpipe.tables import read_errors
+
+    url, so = f"s3://{s3.bucket('bad')}/results", s3.storage_options
+    publish(url, "slide", "run1", 4, 0, so)
+    import fsspec
+
+    fs = fsspec.filesystem("s3", **so)
+    path = f"{url[len('s3://'):]}/tables/regions/slide/run1.parquet"
+    fs.pipe(path, fs.cat(path)[:100])
+    con = open_results(url, storage_options=so)
+    with pytest.raises(TableFileError, match=rf"^{url}/tables/regions/slide/run1.parquet: not a Parquet file"):
+        with read_errors(url, storage_options=so):
+            con.sql("select * from regions").fetchall()
+    with pytest.raises(duckdb.CatalogException):  # other errors stay as they were
+        with read_errors(url, storage_options=so):
+            con.sql("select nonsense from nowhere").fetchall()
+
+
+def test_files_segpipe_does_not_write_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    """Files whose name or place segpipe never gives a table file (a Finder copy, another
+    tool's summary, a text file named .parquet, a nested folder) are not read: their rows
+    would be duplicates or foreign. A warning names one."""
+    url = str(tmp_path)
+    publish(url, "slide", "run1", 4, 0)
+    write_run_row(url, {"run_id": "run1", "status": "done", "started_at": T0})
+    images, runs = tmp_path / "tables" / "images", tmp_path / "tables" / "runs"
+    (images / "slide" / "run1 (1).parquet").write_bytes((images / "slide" / "run1.parquet").read_bytes())
+    pq.write_table(pa.table({"image_id": ["other"], "status": ["done"]}), images / "summary.parquet")
+    (runs / "old" / "x").mkdir(parents=True)
+    (runs / "old" / "x" / "run0.parquet").write_text("not parquet")
+    (runs / "#draft.parquet").write_text("not parquet")
+    with pytest.warns(UserWarning, match="ignoring 2 file.*segpipe does not write"):
+        con = open_results(url)
+    assert con.execute("select count(*) from images").fetchone()[0] == 1  # not the copy, nor "other"
+    assert con.execute("select count(*) from runs").fetchone()[0] == 1
+    assert con.execute("select count(*) from regions").fetchone()[0] == 4
+    with pytest.warns(UserWarning, match=r"ignoring 2 file.*tables/images"):
+        assert list(image_states(url)) == ["slide"]

@@ -303,6 +303,28 @@ def test_heldout_pairs_measures_a_folder_of_annotated_images(tmp_path: Path, cap
         heldout_pairs(["classical"], str(tmp_path / "empty"))
 
 
+def test_heldout_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown model or a folder given as a model: one line on stderr, exit 2, no traceback;
+    --n 0 is refused (it used to run the default 20 images)."""
+    from segpipe.train.heldout import main
+
+    assert main(["nosuch", "--kind", "defects", "--n", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown model 'nosuch'") and len(err.strip().splitlines()) == 1
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: {tmp_path}: a folder, not a model (a built-in name or a weights file); "
+                           f"to measure a model on the images in it: --pairs {tmp_path} MODEL")  # fmt: skip
+    for bad in ("0", "-3", "two"):
+        with pytest.raises(SystemExit) as info:
+            main(["classical", "--n", bad])
+        assert info.value.code == 2
+        assert "argument --n: " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["classical", "--n", "0"])
+    assert "must be at least 1, got 0" in capsys.readouterr().err
+
+
 def _rare_class_items(n: int = 10) -> list:
     """``n`` 64-px class maps: class 1 (a band) in every one, class 2 (a square) in the first only."""
     from segpipe.train._data import array_item

@@ -20,6 +20,7 @@ from segpipe.tables._read import (
     latest_done,
     open_results,
     prune_regions,
+    read_errors,
 )
 from segpipe.tables._schemas import (
     IMAGE_STATUSES,
@@ -54,6 +55,7 @@ __all__ = [
     "latest_done",
     "open_results",
     "prune_regions",
+    "read_errors",
     "regions_table",
     "render_table",
     "run_query",

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from segpipe.errors import ConfigError
-from segpipe.tables._read import open_results
+from segpipe.tables._read import open_results, read_errors
 from segpipe.tables._store import is_local, resolve
 
 Format = Literal["table", "csv", "json", "parquet"]
@@ -108,10 +108,14 @@ def render_table(table: pa.Table, title: str | None = None, max_rows: int = 100)
     return out
 
 
-def _execute(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+def _execute(
+    con: duckdb.DuckDBPyConnection, sql: str, results: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None,
+) -> pa.Table:  # fmt: skip
     try:
-        relation = con.sql(sql)
-        return relation.to_arrow_table() if relation is not None else pa.table({})
+        with read_errors(results, storage_options):  # a bad regions file: named, not "query failed"
+            relation = con.sql(sql)
+            return relation.to_arrow_table() if relation is not None else pa.table({})
     except duckdb.Error as exc:
         message = " ".join(str(exc).split())
         hint = (
@@ -171,6 +175,8 @@ def run_query(
     ------
     ResultsError
         ``results`` is not a results folder.
+    TableFileError
+        A file under ``RESULTS/tables`` the answer needs cannot be read (it is named).
     ConfigError
         Unknown ``fmt``, missing ``output`` for parquet, output inside segpipe's outputs, or a
         SQL error (DuckDB's message, on one line).
@@ -190,7 +196,7 @@ def run_query(
                               f"({', '.join(_OWNED)}); write elsewhere")  # fmt: skip
     con = open_results(results, storage_options)
     try:
-        table = _execute(con, sql)
+        table = _execute(con, sql, results, storage_options)
     finally:
         con.close()
 

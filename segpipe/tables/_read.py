@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import duckdb
@@ -12,6 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from segpipe.errors import ImageNotFoundError, ResultsError
+from segpipe.tables._diagnose import REQUIRED, bad_file_error, split_own
 from segpipe.tables._schemas import IMAGES_SCHEMA, REGIONS_SCHEMA, RUNS_SCHEMA
 from segpipe.tables._store import (
     arrow_fs,
@@ -23,20 +26,58 @@ from segpipe.tables._store import (
     results_path,
 )
 
+_SCHEMAS = {"images": IMAGES_SCHEMA, "runs": RUNS_SCHEMA, "regions": REGIONS_SCHEMA}
 
-def read_files(fs: fsspec.AbstractFileSystem, paths: list[str], schema: pa.Schema) -> pa.Table:
-    """Read Parquet files into one table cast to ``schema`` (missing columns as null)."""
+#: The name under which :func:`open_results` registers the regions dataset; DuckDB names it
+#: in the error of a scan that failed (see :func:`read_errors`).
+_REGIONS_SRC = "_regions_src"
+
+
+def table_files(
+    fs: fsspec.AbstractFileSystem, root: str, table: str, sub: str | None = None
+) -> list[str]:
+    """The Parquet files of ``table`` (under ``tables/<table>[/<sub>]``) named as segpipe
+    names them; others (a copy ``run1 (1).parquet``, another tool's ``summary.parquet``) are
+    left out with a warning: their rows were never segpipe's, and reading them would add
+    duplicated or foreign rows."""
+    folder = f"{root}/tables/{table}"
+    own, strays = split_own(root, table, list_parquet(fs, folder + (f"/{sub}" if sub else "")))
+    if strays:
+        warnings.warn(
+            f"ignoring {len(strays)} file(s) in {results_path(fs, folder)} that segpipe does not "
+            f"write, e.g. {results_path(fs, strays[0])}; move them elsewhere",
+            stacklevel=4,
+        )
+    return own
+
+
+def read_files(fs: fsspec.AbstractFileSystem, root: str, table: str, paths: list[str]) -> pa.Table:
+    """Read Parquet files into one table cast to the ``table``'s schema (missing columns as null).
+
+    Raises
+    ------
+    TableFileError
+        A file cannot be read as part of the table (empty, truncated, not Parquet, columns
+        of another type, rows without an id): the error names it. The files are looked at
+        one by one only after the read failed.
+    """
+    schema = _SCHEMAS[table]
     if not paths:
         return schema.empty_table()
     dataset = pads.dataset(paths, schema=schema, format="parquet", filesystem=arrow_fs(fs))
-    return dataset.to_table()
+    try:
+        data = dataset.to_table()
+    except (pa.ArrowException, OSError) as exc:
+        raise bad_file_error(fs, root, paths, schema, table, exc) from exc
+    if any(data.column(name).null_count for name in REQUIRED[table]):
+        raise bad_file_error(fs, root, paths, schema, table)
+    return data
 
 
 def _images_table(
     fs: fsspec.AbstractFileSystem, root: str, image_id: str | None = None
 ) -> pa.Table:
-    folder = f"{root}/tables/images" + (f"/{image_id}" if image_id else "")
-    return read_files(fs, list_parquet(fs, folder), IMAGES_SCHEMA)
+    return read_files(fs, root, "images", table_files(fs, root, "images", image_id))
 
 
 def _order_key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -84,6 +125,12 @@ def image_states(
         ``image_id`` → the row (all ``IMAGES_SCHEMA`` columns). An image is up to date when
         its state has ``status == "done"`` and the same fingerprint, model, model_sha256 and
         config_hash; a ``running`` state means a run crashed while working on it.
+
+    Raises
+    ------
+    TableFileError
+        A file of the images table cannot be read (it is named): planning cannot tell
+        that image's state.
     """
     fs, root = resolve(results, storage_options)
     rows = _images_table(fs, root).to_pylist()
@@ -181,15 +228,23 @@ def prune_regions(
     return [results_path(fs, p) for p in removed]
 
 
-def _visible_regions(
+def _visible_region_files(
     fs: fsspec.AbstractFileSystem, root: str, images: pa.Table
-) -> pads.Dataset | pa.Table:
+) -> tuple[list[str], list[str]]:
+    """(regions files of each image's latest done run, those of them that do not exist)."""
     done = _latest(images.to_pylist(), ("done",))
     existing = set(list_parquet(fs, f"{root}/tables/regions"))
     paths, missing = [], []
     for image_id, row in sorted(done.items()):
         path = f"{root}/tables/regions/{image_id}/{row['run_id']}.parquet"
         (paths if path in existing else missing).append(path)
+    return paths, missing
+
+
+def _visible_regions(
+    fs: fsspec.AbstractFileSystem, root: str, images: pa.Table
+) -> pads.Dataset | pa.Table:
+    paths, missing = _visible_region_files(fs, root, images)
     if missing:
         warnings.warn(
             f"{len(missing)} done image(s) have no regions file, e.g. {missing[0]}; "
@@ -199,6 +254,32 @@ def _visible_regions(
     if not paths:
         return REGIONS_SCHEMA.empty_table()
     return pads.dataset(paths, schema=REGIONS_SCHEMA, format="parquet", filesystem=arrow_fs(fs))
+
+
+@contextmanager
+def read_errors(
+    results: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> Iterator[None]:
+    """Run queries of an :func:`open_results` connection: a bad regions file becomes a
+    one-line :class:`~segpipe.errors.TableFileError` naming it.
+
+    The ``regions`` view is scanned lazily, by the query that uses it, so DuckDB's error of
+    a file it cannot read comes from the query; only then are the files looked at.
+
+    Examples
+    --------
+    >>> con = open_results("results/")  # doctest: +SKIP
+    >>> with read_errors("results/"):  # doctest: +SKIP
+    ...     n = con.sql("select count(*) from regions").fetchone()
+    """
+    try:
+        yield
+    except duckdb.Error as exc:
+        if f"'{_REGIONS_SRC}'" not in str(exc):
+            raise
+        fs, root = resolve(results, storage_options)
+        paths, _ = _visible_region_files(fs, root, _images_table(fs, root))
+        raise bad_file_error(fs, root, paths, REGIONS_SCHEMA, "regions", exc) from exc
 
 
 def open_results(
@@ -236,6 +317,10 @@ def open_results(
     ------
     ResultsError
         ``results`` has no ``tables/`` folder.
+    TableFileError
+        A file of the images or runs table cannot be read (it is named); a bad regions file
+        fails the query that scans it: run queries inside :func:`read_errors` for that
+        error to name the file too.
 
     Examples
     --------
@@ -245,14 +330,14 @@ def open_results(
     fs, root = resolve(results, storage_options)
     require_results(fs, root, results)
     images = _images_table(fs, root)
-    runs = read_files(fs, list_parquet(fs, f"{root}/tables/runs"), RUNS_SCHEMA)
+    runs = read_files(fs, root, "runs", table_files(fs, root, "runs"))
     regions = _visible_regions(fs, root, images)
     latest = _latest(images.to_pylist(), ("running", "done", "failed"))
     images_latest = pa.Table.from_pylist(list(latest.values()), schema=IMAGES_SCHEMA)
 
     con = duckdb.connect(":memory:")
     for name, obj in (
-        ("_regions_src", regions),
+        (_REGIONS_SRC, regions),
         ("_images_src", images),
         ("_images_latest_src", images_latest),
         ("_runs_src", runs),

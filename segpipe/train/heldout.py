@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 import numpy as np
 
-from segpipe.errors import SegpipeError
+from segpipe.errors import ConfigError, SegpipeError
 from segpipe.metrics import DEFAULT_THRESHOLDS, confusion_matrix, instance_metrics, iou_per_class
 
 __all__ = [
@@ -295,33 +296,58 @@ def heldout_defects(models: list[str], n: int = 12, shape: int = 384,
     return result
 
 
+#: Images measured when ``--n`` is not given, per ``--kind``.
+DEFAULT_N = {"nuclei": 20, "defects": 12, "discs": 120}
+
+
+def _count(text: str) -> int:
+    """``--n``: a whole number ≥ 1 (argparse prints the usage and this one-line reason)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        defaults = ", ".join(f"{k} {v}" for k, v in DEFAULT_N.items())
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave it out for the default: {defaults})")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m segpipe.train.heldout MODEL [MODEL ...] [--kind nuclei|defects]``."""
+    """``python -m segpipe.train.heldout MODEL [MODEL ...] [--kind nuclei|defects]``.
+
+    A bad model or folder is one line on stderr and exit status 2, no traceback.
+    """
     p = argparse.ArgumentParser(prog="python -m segpipe.train.heldout")
     p.add_argument("models", nargs="+", help="built-in names or weights files")
     p.add_argument("--kind", choices=("nuclei", "defects", "discs"), default="nuclei")
     p.add_argument("--pairs", default=None, metavar="DIR",
                    help="measure on your own annotated images instead: a folder of image / mask pairs "
                         "(x.tif + x.labels.tif, images/ + masks/, ...; instance labels or class maps)")  # fmt: skip
-    p.add_argument("--n", type=int, default=None, help="number of held-out images")
+    p.add_argument("--n", type=_count, default=None,
+                   help="number of held-out images, at least 1 (default: nuclei 20, defects 12, discs 120)")
     p.add_argument("--json", default=None, help="also write the metrics to this file")
     p.add_argument("--by-size", action="store_true", help="nuclei: also AP@0.5 per object-size bin")
     p.add_argument("--seed", type=int, default=HELDOUT_SEED,
                    help=f"seed of the nuclei / defects images (default {HELDOUT_SEED}, the test set; "
                         "another one draws a selection set)")  # fmt: skip
     args = p.parse_args(argv)
-    if args.pairs:
-        try:
+    n = DEFAULT_N[args.kind] if args.n is None else args.n
+    folders = [m for m in args.models if os.path.isdir(m)]
+    try:
+        if folders:  # e.g. `heldout my_annotated/`: a folder of pairs given as a model
+            raise ConfigError(f"{folders[0]}: a folder, not a model (a built-in name or a weights file); "
+                              f"to measure a model on the images in it: --pairs {folders[0]} MODEL")
+        if args.pairs:
             res: dict[str, Any] = heldout_pairs(args.models, args.pairs)
-        except SegpipeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    elif args.kind == "nuclei":
-        res = heldout_nuclei(args.models, n=args.n or 20, by_size=args.by_size, seed=args.seed)
-    elif args.kind == "discs":
-        res = heldout_discs(args.models, n=args.n or 120)
-    else:
-        res = heldout_defects(args.models, n=args.n or 12, seed=args.seed)
+        elif args.kind == "nuclei":
+            res = heldout_nuclei(args.models, n=n, by_size=args.by_size, seed=args.seed)
+        elif args.kind == "discs":
+            res = heldout_discs(args.models, n=n)
+        else:
+            res = heldout_defects(args.models, n=n, seed=args.seed)
+    except SegpipeError as exc:  # an unknown model, a missing folder, a bad weights file
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     text = json.dumps(res, indent=2)
     print(text)
     if args.json:
