@@ -2,7 +2,7 @@
 
 Order: throughput first (MONAI and scaling reuse its segpipe runs), then MONAI, the
 memory run (its 32k² slide is the longest and the most important figure), incremental
-before overhead (which reuses its empty-archive run), scaling, ingest, the profile. Options are passed to every benchmark (``--quick``, ``--repeats``, ``--workdir``,
+before overhead (which reuses its empty-archive run), scaling, ingest, queries, the profile. Options are passed to every benchmark (``--quick``, ``--repeats``, ``--workdir``,
 ``--model``, ``--docs/--no-docs``); ``--only`` / ``--skip`` pick benchmarks. The summary
 table and the machine go into docs/benchmarks.md. Exit status: 0 when every target is met,
 1 when one fails, 2 when one could not be measured.
@@ -26,6 +26,7 @@ ORDER = [
     "overhead",
     "scaling",
     "ingest_raw",
+    "query",
     "profile",
 ]
 MODULES = {name: f"bench_{name}" for name in ORDER} | {"profile": "profile_segment"}

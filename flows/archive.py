@@ -171,6 +171,8 @@ def archive_run(source: str, results: str, model: str | None = None, config: str
                                                   client=None, outcomes=outcomes, n_images=len(items),
                                                   n_skipped=len(to_skip)))
             summary.report = _write_report(results, run_id, logger, client)  # pictures on the idle workers
+        if outcomes and not lock.lost.is_set():  # a file per run, not per image, for queries
+            _pack(results, run_id, outcomes, logger)
     summary.seconds = time.perf_counter() - t0
     create_markdown_artifact(_summary_markdown(summary), key="segpipe-run", description=f"segpipe run {run_id}")
     for line in summary.lines():
@@ -183,6 +185,13 @@ def _clear_staging(results: str, logger: Any) -> None:
         clear_staging(results)
     except Exception as exc:  # housekeeping: the next run clears it again
         logger.warning("could not clear %s/images/.staging: %s", results, one_line(exc))
+
+
+def _pack(results: str, run_id: str, outcomes: list[ImageOutcome], logger: Any) -> None:
+    try:
+        tables.pack_run(results, run_id, [o.image_id for o in outcomes if o.status in ("done", "failed")])
+    except Exception as exc:  # housekeeping: the run's files stay as they are, all readable
+        logger.warning("could not pack the run's table files: %s", one_line(exc))
 
 
 def _write_report(results: str, run_id: str, logger: Any, client: Any = None) -> str | None:

@@ -26,6 +26,7 @@ from segpipe.tables import (
     init_results,
     latest_done,
     open_results,
+    pack_run,
     prune_regions,
     run_query,
     write_image_row,
@@ -632,3 +633,123 @@ def test_files_segpipe_does_not_write_are_ignored_with_a_warning(tmp_path: Path)
     assert con.execute("select count(*) from regions").fetchone()[0] == 4
     with pytest.warns(UserWarning, match=r"ignoring 2 file.*tables/images"):
         assert list(image_states(url)) == ["slide"]
+
+
+# --- packing a finished run's files (segpipe.tables.pack_run) ---------------------------------
+
+
+def _table_files(url: str) -> list[str]:
+    root = Path(url, "tables")
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.parquet"))
+
+
+def _everything(url: str, so: dict | None = None) -> tuple[Any, ...]:
+    """What a user sees: regions, images and states."""
+    con = open_results(url, storage_options=so)
+    regions = con.execute("select image_id, run_id, label, area_px from regions order by all").fetchall()
+    images = con.execute("select image_id, run_id, status, n_regions from images order by all").fetchall()
+    states = {k: (v["run_id"], v["status"]) for k, v in image_states(url, storage_options=so).items()}
+    return regions, images, states
+
+
+def test_pack_run_keeps_every_row_once(results: tuple[str, dict | None]) -> None:
+    url, so = results
+    init_results(url, storage_options=so)
+    for k, image_id in enumerate(["a", "b", "c"]):
+        publish(url, image_id, "run1", 3 + k, k, so)
+    write_image_row(url, image_row("d", "run1", "failed", 4, error="x.tif: truncated"), storage_options=so)
+    before = _everything(url, so)
+    summary = pack_run(url, "run1", ["a", "b", "c", "d"], storage_options=so)
+    assert (summary.images, summary.regions) == (4, 3)
+    assert _everything(url, so) == before
+    if so is None:  # the images' folders are gone: a query opens one file per run
+        assert _table_files(url) == ["images/_packed/run1.parquet", "regions/_packed/run1.parquet"]
+    # a later run redoes b: its own file is visible, run1's rows of b are not
+    publish(url, "b", "run2", 7, 10, so)
+    regions, images, states = _everything(url, so)
+    assert sorted({(i, r) for i, r, *_ in regions}) == [("a", "run1"), ("b", "run2"), ("c", "run1")]
+    assert len(regions) == 3 + 7 + 5 and len(images) == 5 and states["b"] == ("run2", "done")
+
+
+def test_a_pack_stopped_half_way_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """Killed after the packed files were written, before the images' files were removed:
+    every row is in two places, and is read once."""
+    import shutil
+
+    url = str(tmp_path / "results")
+    for k, image_id in enumerate(["a", "b"]):
+        publish(url, image_id, "run1", 2 + k, k)
+    before = _everything(url)
+    copy = tmp_path / "copy"
+    shutil.copytree(Path(url, "tables"), copy)
+    pack_run(url, "run1", ["a", "b"])
+    shutil.copytree(copy, Path(url, "tables"), dirs_exist_ok=True)  # the removed files are back
+    assert len(_table_files(url)) == 6
+    assert _everything(url) == before
+    pack_run(url, "run1", ["a", "b"])  # the next pack of the run finishes the job
+    assert _everything(url) == before and len(_table_files(url)) == 2
+
+
+def test_packed_regions_of_redone_images_are_vacuumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segpipe.tables import _pack
+
+    url = str(tmp_path / "results")
+    ids = ["a", "b", "c", "d"]
+    for k, image_id in enumerate(ids):
+        publish(url, image_id, "run1", 2, k)
+    pack_run(url, "run1", ids)
+    for run, redo in (("run2", ["a"]), ("run3", ["b", "c"]), ("run4", ["d", "x"])):
+        for image_id in redo:
+            publish(url, image_id, run, 5, 10 + len(run))
+        summary = pack_run(url, run, redo)
+        before = _everything(url)
+        held = pq.read_table(tmp_path / "results/tables/regions/_packed/run1.parquet") if run != "run4" else None
+        if run == "run2":  # 3 of run1's 4 images still visible: kept as it is
+            assert summary.vacuumed == 0 and held is not None and held.num_rows == 8
+        if run == "run3":  # 1 of 4: rewritten with that image's rows only
+            assert summary.vacuumed == 1 and held is not None and set(held.column("image_id").to_pylist()) == {"d"}
+        assert _everything(url) == before
+    assert not (tmp_path / "results/tables/regions/_packed/run1.parquet").exists()  # none visible: removed
+    # regions files of whole slides (larger than PACK_MAX_BYTES) stay on their own
+    monkeypatch.setattr(_pack, "PACK_MAX_BYTES", 0)
+    publish(url, "e", "run5", 3, 20)
+    publish(url, "f", "run5", 3, 21)
+    assert pack_run(url, "run5", ["e", "f"]).regions == 0
+    assert {"regions/e/run5.parquet", "regions/f/run5.parquet", "images/_packed/run5.parquet"} <= set(
+        _table_files(url))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(
+            st.dictionaries(st.sampled_from("abc"), st.sampled_from(["running", "done", "failed"]), min_size=1),
+            st.sampled_from(["none", "pack", "stopped"]),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_packing_property(runs: list[tuple[dict[str, str], str]]) -> None:
+    """Whatever ran, crashed, was packed or stopped half-way through a pack, the tables read
+    the same as without any packing."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as plain, tempfile.TemporaryDirectory() as packed:
+        for k, (statuses, pack) in enumerate(runs):
+            run_id = f"r{k}"
+            for url in (plain, packed):
+                for image_id, status in sorted(statuses.items()):
+                    if status in ("running", "done"):  # a crash leaves regions behind a running row
+                        write_regions(url, image_id, run_id, region_columns(k + 1, seed=k))
+                    write_image_row(url, image_row(image_id, run_id, status, k, n_regions=k + 1))
+            if pack == "none":
+                continue
+            saved = Path(packed, "saved")
+            shutil.copytree(Path(packed, "tables"), saved)
+            pack_run(packed, run_id, sorted(statuses))
+            if pack == "stopped":
+                shutil.copytree(saved, Path(packed, "tables"), dirs_exist_ok=True)
+            shutil.rmtree(saved)
+        assert _everything(packed) == _everything(plain)

@@ -5,6 +5,8 @@ Layout of a results folder (local path or ``s3://`` URL)::
     RESULTS/tables/regions/<image_id>/<run_id>.parquet   one file per image and run
     RESULTS/tables/images/<image_id>/<run_id>.parquet    one row: the image's status in that run
     RESULTS/tables/images/_skipped/<run_id>.parquet      a run's skipped rows, one file per run
+    RESULTS/tables/images/_packed/<run_id>.parquet       a finished run's image rows, packed
+    RESULTS/tables/regions/_packed/<run_id>.parquet      its regions of small images, packed
     RESULTS/tables/runs/<run_id>.parquet                 one row per run
 
 This package alone owns the schemas (:data:`REGIONS_SCHEMA`, :data:`IMAGES_SCHEMA`,
@@ -13,6 +15,7 @@ This package alone owns the schemas (:data:`REGIONS_SCHEMA`, :data:`IMAGES_SCHEM
 (regions written, image row still ``running``) never exposes partial or duplicated rows.
 """
 
+from segpipe.tables._pack import PackSummary, pack_run
 from segpipe.tables._query import FORMATS, render_table, run_query
 from segpipe.tables._read import (
     has_older_regions,
@@ -54,6 +57,8 @@ __all__ = [
     "init_results",
     "latest_done",
     "open_results",
+    "PackSummary",
+    "pack_run",
     "prune_regions",
     "read_errors",
     "regions_table",

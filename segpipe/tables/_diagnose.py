@@ -30,9 +30,9 @@ _ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}"
 #: The names segpipe gives its table files, relative to ``RESULTS/tables`` (see
 #: ``_write.py``); temp files are hidden (``.name.uuid.tmp``) and never end in ``.parquet``.
 _OWN = {
-    "images": re.compile(rf"images/(?:{_ID}|_skipped)/{_ID}\.parquet"),
+    "images": re.compile(rf"images/(?:{_ID}|_skipped|_packed)/{_ID}\.parquet"),
     "runs": re.compile(rf"runs/{_ID}\.parquet"),
-    "regions": re.compile(rf"regions/{_ID}/{_ID}\.parquet"),
+    "regions": re.compile(rf"regions/(?:{_ID}|_packed)/{_ID}\.parquet"),
 }
 
 

@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -28,9 +29,10 @@ from segpipe.tables._store import (
 
 _SCHEMAS = {"images": IMAGES_SCHEMA, "runs": RUNS_SCHEMA, "regions": REGIONS_SCHEMA}
 
-#: The name under which :func:`open_results` registers the regions dataset; DuckDB names it
-#: in the error of a scan that failed (see :func:`read_errors`).
-_REGIONS_SRC = "_regions_src"
+#: The names under which :func:`open_results` registers the regions datasets (the images'
+#: own files, the packed ones); DuckDB names them in the error of a scan that failed (see
+#: :func:`read_errors`).
+_REGIONS_SOURCES = ("_regions_src", "_regions_packed_src")
 
 
 def table_files(
@@ -77,7 +79,23 @@ def read_files(fs: fsspec.AbstractFileSystem, root: str, table: str, paths: list
 def _images_table(
     fs: fsspec.AbstractFileSystem, root: str, image_id: str | None = None
 ) -> pa.Table:
-    return read_files(fs, root, "images", table_files(fs, root, "images", image_id))
+    """The images table: every row, one per ``(image_id, run_id)`` (a row can be both in its
+    image's folder and in its run's packed file for a moment, see ``_pack.py``).
+
+    With ``image_id``: the rows in that image's folder only — those of runs not packed,
+    which include the image's current run (runs are packed when they are finished).
+    """
+    table = read_files(fs, root, "images", table_files(fs, root, "images", image_id))
+    return table if image_id else _one_per_run(table)
+
+
+def _one_per_run(table: pa.Table) -> pa.Table:
+    """``table`` with the first row of each ``(image_id, run_id)``."""
+    first: dict[tuple[str, str], int] = {}
+    keys = zip(table.column("image_id").to_pylist(), table.column("run_id").to_pylist(), strict=True)
+    for n, key in enumerate(keys):
+        first.setdefault(key, n)
+    return table if len(first) == table.num_rows else table.take(sorted(first.values()))
 
 
 def _order_key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -182,8 +200,10 @@ def prune_regions(
 ) -> list[str]:
     """Remove an image's region files of every run but ``keep_run_id``.
 
-    Call it after the image's ``done`` row for ``keep_run_id`` is written: the files removed
-    are invisible already (older done runs, crashed or failed runs, leftover temp files).
+    Call it after the image's ``done`` row for ``keep_run_id`` is written, before that run is
+    packed (:func:`~segpipe.tables.pack_run`): the files removed are invisible already (older
+    done runs, crashed or failed runs, leftover temp files). Rows of older runs packed with
+    other images' stay in their packed file, invisible, until a later pack vacuums it.
 
     Parameters
     ----------
@@ -228,32 +248,63 @@ def prune_regions(
     return [results_path(fs, p) for p in removed]
 
 
-def _visible_region_files(
-    fs: fsspec.AbstractFileSystem, root: str, images: pa.Table
-) -> tuple[list[str], list[str]]:
-    """(regions files of each image's latest done run, those of them that do not exist)."""
+@dataclass
+class _VisibleRegions:
+    """Where the rows of each image's latest done run are (see ``_pack.py``)."""
+
+    files: list[str]  # the images' own regions files
+    packed: dict[str, list[str]]  # packed file → the images whose rows are read from it
+    missing: list[str]  # regions files of done images found nowhere
+
+    def paths(self) -> list[str]:
+        return self.files + list(self.packed)
+
+    def packed_keys(self) -> pa.Table:
+        """``(image_id, run_id)`` of the rows to read from the packed files."""
+        pairs = [(i, p.rsplit("/", 1)[-1].removesuffix(".parquet")) for p, ids in self.packed.items() for i in ids]
+        return pa.table({"image_id": pa.array([i for i, _ in pairs], pa.string()),
+                         "run_id": pa.array([r for _, r in pairs], pa.string())})  # fmt: skip
+
+
+def _visible_region_files(fs: fsspec.AbstractFileSystem, root: str, images: pa.Table) -> _VisibleRegions:
+    """The regions of each image's latest done run: its own file while that exists, else the
+    run's packed file — never both, so a row is neither lost nor read twice."""
+    from segpipe.tables._pack import packed_path
+
     done = _latest(images.to_pylist(), ("done",))
     existing = set(list_parquet(fs, f"{root}/tables/regions"))
-    paths, missing = [], []
+    visible = _VisibleRegions([], {}, [])
     for image_id, row in sorted(done.items()):
         path = f"{root}/tables/regions/{image_id}/{row['run_id']}.parquet"
-        (paths if path in existing else missing).append(path)
-    return paths, missing
+        packed = packed_path(root, "regions", row["run_id"])
+        if path in existing:
+            visible.files.append(path)
+        elif packed in existing:
+            visible.packed.setdefault(packed, []).append(image_id)
+        else:
+            visible.missing.append(path)
+    return visible
 
 
 def _visible_regions(
     fs: fsspec.AbstractFileSystem, root: str, images: pa.Table
-) -> pads.Dataset | pa.Table:
-    paths, missing = _visible_region_files(fs, root, images)
-    if missing:
+) -> tuple[pads.Dataset | pa.Table, pads.Dataset | pa.Table, pa.Table]:
+    """(the images' own visible regions files, the packed files holding the others, the
+    ``(image_id, run_id)`` keys to read from those)."""
+    visible = _visible_region_files(fs, root, images)
+    if visible.missing:
         warnings.warn(
-            f"{len(missing)} done image(s) have no regions file, e.g. {missing[0]}; "
+            f"{len(visible.missing)} done image(s) have no regions file, e.g. {visible.missing[0]}; "
             "their regions are not shown",
             stacklevel=3,
         )
-    if not paths:
-        return REGIONS_SCHEMA.empty_table()
-    return pads.dataset(paths, schema=REGIONS_SCHEMA, format="parquet", filesystem=arrow_fs(fs))
+
+    def dataset(paths: list[str]) -> pads.Dataset | pa.Table:
+        if not paths:
+            return REGIONS_SCHEMA.empty_table()
+        return pads.dataset(paths, schema=REGIONS_SCHEMA, format="parquet", filesystem=arrow_fs(fs))
+
+    return dataset(visible.files), dataset(list(visible.packed)), visible.packed_keys()
 
 
 @contextmanager
@@ -275,10 +326,10 @@ def read_errors(
     try:
         yield
     except duckdb.Error as exc:
-        if f"'{_REGIONS_SRC}'" not in str(exc):
+        if not any(f"'{name}'" in str(exc) for name in _REGIONS_SOURCES):
             raise
         fs, root = resolve(results, storage_options)
-        paths, _ = _visible_region_files(fs, root, _images_table(fs, root))
+        paths = _visible_region_files(fs, root, _images_table(fs, root)).paths()
         raise bad_file_error(fs, root, paths, REGIONS_SCHEMA, "regions", exc) from exc
 
 
@@ -331,19 +382,24 @@ def open_results(
     require_results(fs, root, results)
     images = _images_table(fs, root)
     runs = read_files(fs, root, "runs", table_files(fs, root, "runs"))
-    regions = _visible_regions(fs, root, images)
+    own, packed, packed_keys = _visible_regions(fs, root, images)
     latest = _latest(images.to_pylist(), ("running", "done", "failed"))
     images_latest = pa.Table.from_pylist(list(latest.values()), schema=IMAGES_SCHEMA)
 
     con = duckdb.connect(":memory:")
+    own_src, packed_src = _REGIONS_SOURCES
     for name, obj in (
-        (_REGIONS_SRC, regions),
+        (own_src, own),
+        (packed_src, packed),
+        ("_regions_packed_keys", packed_keys),
         ("_images_src", images),
         ("_images_latest_src", images_latest),
         ("_runs_src", runs),
     ):
         con.register(name, obj)
-    con.execute("CREATE VIEW regions AS SELECT * FROM _regions_src")
+    con.execute(f"CREATE VIEW regions AS SELECT * FROM {own_src} UNION ALL "
+                f"SELECT p.* FROM {packed_src} p SEMI JOIN _regions_packed_keys k "
+                "ON p.image_id = k.image_id AND p.run_id = k.run_id")  # fmt: skip
     con.execute("CREATE VIEW images AS SELECT * FROM _images_src ORDER BY image_id, updated_at")
     con.execute("CREATE VIEW images_latest AS SELECT * FROM _images_latest_src ORDER BY image_id")
     con.execute("CREATE VIEW runs AS SELECT * FROM _runs_src ORDER BY started_at, run_id")

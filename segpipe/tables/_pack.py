@@ -1,0 +1,214 @@
+"""Pack a finished run's per-image table files into one file per table.
+
+Each image of a run writes its own row file (``images/<image_id>/<run_id>.parquet``) and
+regions file (``regions/<image_id>/<run_id>.parquet``): that is what makes an image's
+results appear atomically, alone, whatever happens to the others. But a query opens every
+file, about 1 ms each here, so 10 000 small images took ~20 s a query. At the end of a run
+(under the results lock) :func:`pack_run` copies the run's files into
+``images/_packed/<run_id>.parquet`` and ``regions/_packed/<run_id>.parquet`` and then
+removes them: queries then open a file per run, not per image.
+
+What readers do (``_read.py``), so that no step of a pack — or a crash between two — loses
+or duplicates a row:
+
+* **images** — rows are read from the per-image files and the packed ones, then one row is
+  kept per ``(image_id, run_id)`` (a run writes one row per image: a copy in both places is
+  the same row).
+* **regions** — an image's visible rows (its latest ``done`` run) come from its own file
+  while that exists, else from that run's packed file (rows of that image only): never both.
+
+Regions files larger than :data:`PACK_MAX_BYTES` (whole slides) stay where they are: their
+open costs nothing next to their reading. Rows of a packed regions file that are no longer
+visible (their image was redone by a later run) are dropped when a later pack finds that
+less than half of the file's images are still visible (:func:`_vacuum`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from segpipe.errors import ResultsError
+from segpipe.tables._schemas import IMAGES_SCHEMA, REGIONS_SCHEMA
+from segpipe.tables._store import arrow_fs, check_id, is_local, list_parquet, resolve
+
+__all__ = ["PACKED_FOLDER", "PACK_MAX_BYTES", "PackSummary", "pack_run"]
+
+#: Folder (under ``tables/images/`` and ``tables/regions/``) of the packed per-run files;
+#: its leading ``_`` keeps it apart from the image folders (image ids start alphanumeric).
+PACKED_FOLDER = "_packed"
+#: Regions files up to this size are packed; larger ones (whole slides) stay on their own.
+PACK_MAX_BYTES = 8 << 20
+_ROW_GROUP = 1 << 17  # rows per row group of a packed regions file
+_READ_BATCH = 256  # files read per dataset while packing
+
+
+@dataclass
+class PackSummary:
+    """What :func:`pack_run` did: files packed and removed per table, packed files vacuumed."""
+
+    images: int = 0
+    regions: int = 0
+    vacuumed: int = 0
+
+
+def packed_path(root: str, table: str, run_id: str) -> str:
+    """``<root>/tables/<table>/_packed/<run_id>.parquet``."""
+    return f"{root}/tables/{table}/{PACKED_FOLDER}/{run_id}.parquet"
+
+
+def pack_run(
+    results: str | os.PathLike[str], run_id: str, image_ids: Iterable[str],
+    storage_options: dict[str, Any] | None = None,
+) -> PackSummary:  # fmt: skip
+    """Pack the row and regions files ``run_id`` wrote for ``image_ids`` (see the module).
+
+    Call it when the run is finished, holding the results lock: each packed file is written
+    whole (atomically) before the files it holds are removed. Images without files, and
+    regions files larger than :data:`PACK_MAX_BYTES`, are left as they are. Fewer than two
+    files of a table: nothing to gain, nothing is done for it.
+
+    Parameters
+    ----------
+    results : str or PathLike
+        Results folder, local path or ``s3://`` URL.
+    run_id : str
+        The finished run.
+    image_ids : iterable of str
+        The images the run wrote rows for (done or failed).
+    storage_options : dict, optional
+        fsspec options for remote results.
+
+    Returns
+    -------
+    PackSummary
+    """
+    check_id(run_id, "run_id")
+    ids = sorted({check_id(i, "image_id") for i in image_ids})
+    fs, root = resolve(results, storage_options)
+    summary = PackSummary()
+    rows = _existing(fs, [f"{root}/tables/images/{i}/{run_id}.parquet" for i in ids])
+    if len(rows) > 1:
+        _write_packed(fs, packed_path(root, "images", run_id), IMAGES_SCHEMA, rows)
+        summary.images = _remove(fs, rows)
+    regions = [p for p, size in _existing(fs, [f"{root}/tables/regions/{i}/{run_id}.parquet" for i in ids],
+                                          sizes=True) if size <= PACK_MAX_BYTES]  # fmt: skip
+    if len(regions) > 1:
+        _write_packed(fs, packed_path(root, "regions", run_id), REGIONS_SCHEMA, regions)
+        summary.regions = _remove(fs, regions)
+    summary.vacuumed = _vacuum(fs, root, keep_run=run_id)
+    return summary
+
+
+def _existing(fs: fsspec.AbstractFileSystem, paths: Sequence[str], sizes: bool = False) -> list[Any]:
+    """The ``paths`` that exist (with their sizes: ``(path, bytes)`` pairs)."""
+    found = []
+    for path in paths:
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            continue
+        found.append((path, int(info.get("size") or 0)) if sizes else path)
+    return found
+
+
+def _batches(fs: fsspec.AbstractFileSystem, schema: pa.Schema, paths: Sequence[str],
+             keep: pc.Expression | None = None) -> Iterator[pa.Table]:
+    """The rows of ``paths`` as ``schema``, ``_READ_BATCH`` files at a time (``keep``: a filter)."""
+    for start in range(0, len(paths), _READ_BATCH):
+        dataset = pads.dataset(list(paths[start : start + _READ_BATCH]), schema=schema, format="parquet",
+                               filesystem=arrow_fs(fs))  # fmt: skip
+        yield dataset.to_table(filter=keep)
+
+
+def _write_packed(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema, sources: Sequence[str],
+                  keep: pc.Expression | None = None) -> int:
+    """Stream the rows of ``sources`` into the Parquet file ``path``, made visible whole at
+    the end (a local temp file renamed, or one upload); returns the rows written."""
+    n = 0
+    with _atomic_local_file(fs, path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        pending: list[pa.Table] = []
+        for table in _batches(fs, schema, sources, keep):
+            pending.append(table)
+            if sum(t.num_rows for t in pending) >= _ROW_GROUP:
+                writer.write_table(pa.concat_tables(pending), row_group_size=_ROW_GROUP)
+                n += sum(t.num_rows for t in pending)
+                pending = []
+        if pending or n == 0:
+            writer.write_table(pa.concat_tables(pending) if pending else schema.empty_table())
+            n += sum(t.num_rows for t in pending)
+    return n
+
+
+@contextlib.contextmanager
+def _atomic_local_file(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
+    """A local temp file that becomes ``path`` when the block ends without error."""
+    parent, name = path.rsplit("/", 1)
+    local = is_local(fs)
+    if local:
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
+    else:
+        handle, tmp = tempfile.mkstemp(suffix=".parquet")
+        os.close(handle)
+    try:
+        yield tmp
+        try:
+            if local:
+                os.replace(tmp, path)
+            else:
+                fs.put_file(tmp, path)  # one upload, visible whole when it completes
+                fs.invalidate_cache(parent)
+        except OSError as exc:
+            raise ResultsError(f"cannot write {path}: {exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _remove(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> int:
+    """Remove ``paths`` (packed copies exist), then their folders left empty (local)."""
+    fs.rm(list(paths))
+    if is_local(fs):
+        for folder in sorted({p.rsplit("/", 1)[0] for p in paths}):
+            with contextlib.suppress(OSError):  # not empty: another run's file is there
+                os.rmdir(folder)
+    else:
+        for folder in {p.rsplit("/", 1)[0] for p in paths}:
+            fs.invalidate_cache(folder)
+    return len(paths)
+
+
+def _vacuum(fs: fsspec.AbstractFileSystem, root: str, keep_run: str) -> int:
+    """Rewrite (or remove) older packed regions files of which less than half the images
+    are still visible; returns how many were rewritten or removed."""
+    from segpipe.tables._read import _images_table, _visible_region_files  # the reader's rules
+
+    folder = f"{root}/tables/regions/{PACKED_FOLDER}"
+    older = [p for p in list_parquet(fs, folder) if p != f"{folder}/{keep_run}.parquet"]
+    if not older:
+        return 0
+    visible = _visible_region_files(fs, root, _images_table(fs, root)).packed
+    changed = 0
+    for path in older:
+        held = set(pq.read_table(path, columns=["image_id"], filesystem=arrow_fs(fs)).column(0).unique().to_pylist())
+        keep = held & set(visible.get(path, ()))
+        if len(keep) * 2 >= len(held):
+            continue
+        if keep:
+            _write_packed(fs, path, REGIONS_SCHEMA, [path], pc.field("image_id").isin(sorted(keep)))
+        else:
+            fs.rm_file(path)
+        changed += 1
+    return changed
