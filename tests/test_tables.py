@@ -688,6 +688,12 @@ def test_a_pack_stopped_half_way_loses_and_doubles_nothing(tmp_path: Path) -> No
     assert _everything(url) == before
     pack_run(url, "run1", ["a", "b"])  # the next pack of the run finishes the job
     assert _everything(url) == before and len(_table_files(url)) == 2
+    # stopped after removing a's files but not b's, then packed again: b's rows once
+    shutil.copytree(copy / "images" / "b", Path(url, "tables", "images", "b"))
+    shutil.copytree(copy / "regions" / "b", Path(url, "tables", "regions", "b"))
+    assert _everything(url) == before
+    pack_run(url, "run1", ["a", "b"])
+    assert _everything(url) == before and len(_table_files(url)) == 2
 
 
 def test_packed_regions_of_redone_images_are_vacuumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -724,15 +730,16 @@ def test_packed_regions_of_redone_images_are_vacuumed(tmp_path: Path, monkeypatc
     runs=st.lists(
         st.tuples(
             st.dictionaries(st.sampled_from("abc"), st.sampled_from(["running", "done", "failed"]), min_size=1),
-            st.sampled_from(["none", "pack", "stopped"]),
+            st.sampled_from(["none", "pack", "stopped", "partly", "partly-repacked"]),
         ),
         min_size=1,
         max_size=5,
     )
 )
 def test_packing_property(runs: list[tuple[dict[str, str], str]]) -> None:
-    """Whatever ran, crashed, was packed or stopped half-way through a pack, the tables read
-    the same as without any packing."""
+    """Whatever ran, crashed, was packed, stopped half-way through a pack (all of the run's
+    files, or only some, left in place), or packed again after that, the tables read the same
+    as without any packing."""
     import shutil
     import tempfile
 
@@ -751,5 +758,13 @@ def test_packing_property(runs: list[tuple[dict[str, str], str]]) -> None:
             pack_run(packed, run_id, sorted(statuses))
             if pack == "stopped":
                 shutil.copytree(saved, Path(packed, "tables"), dirs_exist_ok=True)
+            if pack.startswith("partly"):  # the first image's files were removed, not the others'
+                for left in sorted(statuses)[1:]:
+                    for table in ("images", "regions"):
+                        if Path(saved, table, left).exists():
+                            shutil.copytree(Path(saved, table, left), Path(packed, "tables", table, left),
+                                            dirs_exist_ok=True)
+            if pack == "partly-repacked":
+                pack_run(packed, run_id, sorted(statuses))
             shutil.rmtree(saved)
         assert _everything(packed) == _everything(plain)

@@ -98,56 +98,64 @@ def pack_run(
     ids = sorted({check_id(i, "image_id") for i in image_ids})
     fs, root = resolve(results, storage_options)
     summary = PackSummary()
-    rows = _existing(fs, [f"{root}/tables/images/{i}/{run_id}.parquet" for i in ids])
-    if len(rows) > 1:
-        _write_packed(fs, packed_path(root, "images", run_id), IMAGES_SCHEMA, rows)
-        summary.images = _remove(fs, rows)
-    regions = [p for p, size in _existing(fs, [f"{root}/tables/regions/{i}/{run_id}.parquet" for i in ids],
-                                          sizes=True) if size <= PACK_MAX_BYTES]  # fmt: skip
-    if len(regions) > 1:
-        _write_packed(fs, packed_path(root, "regions", run_id), REGIONS_SCHEMA, regions)
-        summary.regions = _remove(fs, regions)
+    for table, schema in (("images", IMAGES_SCHEMA), ("regions", REGIONS_SCHEMA)):
+        listed = _sizes(fs, f"{root}/tables/{table}")
+        limit = PACK_MAX_BYTES if table == "regions" else None
+        files = {i: p for i, p in ((i, f"{root}/tables/{table}/{i}/{run_id}.parquet") for i in ids)
+                 if p in listed and (limit is None or listed[p] <= limit)}  # fmt: skip
+        target = packed_path(root, table, run_id)
+        if len(files) > 1 or (files and target in listed):
+            parts: list[tuple[Sequence[str], pc.Expression | None]] = [(list(files.values()), None)]
+            if target in listed:  # packed before, stopped before every file was removed
+                parts.append(([target], ~pc.field("image_id").isin(sorted(files))))
+            _write_packed(fs, target, schema, parts)
+            setattr(summary, table, _remove(fs, list(files.values())))
     summary.vacuumed = _vacuum(fs, root, keep_run=run_id)
     return summary
 
 
-def _existing(fs: fsspec.AbstractFileSystem, paths: Sequence[str], sizes: bool = False) -> list[Any]:
-    """The ``paths`` that exist (with their sizes: ``(path, bytes)`` pairs)."""
-    found = []
-    for path in paths:
-        try:
-            info = fs.info(path)
-        except FileNotFoundError:
-            continue
-        found.append((path, int(info.get("size") or 0)) if sizes else path)
-    return found
+def _sizes(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, int]:
+    """Every file under ``folder`` and its size: one listing (a few requests on S3, where a
+    request per file would take minutes for 10 000 images)."""
+    fs.invalidate_cache(folder)
+    try:
+        found = fs.find(folder, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {path: int(info.get("size") or 0) for path, info in found.items()}
 
 
-def _batches(fs: fsspec.AbstractFileSystem, schema: pa.Schema, paths: Sequence[str],
-             keep: pc.Expression | None = None) -> Iterator[pa.Table]:
-    """The rows of ``paths`` as ``schema``, ``_READ_BATCH`` files at a time (``keep``: a filter)."""
-    for start in range(0, len(paths), _READ_BATCH):
-        dataset = pads.dataset(list(paths[start : start + _READ_BATCH]), schema=schema, format="parquet",
-                               filesystem=arrow_fs(fs))  # fmt: skip
-        yield dataset.to_table(filter=keep)
+def _batches(fs: fsspec.AbstractFileSystem, schema: pa.Schema,
+             parts: Sequence[tuple[Sequence[str], pc.Expression | None]]) -> Iterator[pa.Table]:
+    """The rows of each part's files as ``schema`` (with the part's filter), ``_READ_BATCH``
+    files at a time."""
+    for paths, keep in parts:
+        for start in range(0, len(paths), _READ_BATCH):
+            dataset = pads.dataset(list(paths[start : start + _READ_BATCH]), schema=schema, format="parquet",
+                                   filesystem=arrow_fs(fs))  # fmt: skip
+            yield dataset.to_table(filter=keep)
 
 
-def _write_packed(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema, sources: Sequence[str],
-                  keep: pc.Expression | None = None) -> int:
-    """Stream the rows of ``sources`` into the Parquet file ``path``, made visible whole at
-    the end (a local temp file renamed, or one upload); returns the rows written."""
+def _write_packed(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema,
+                  parts: Sequence[tuple[Sequence[str], pc.Expression | None]]) -> int:
+    """Stream the rows of ``parts`` (files, filter) into the Parquet file ``path``, made
+    visible whole at the end (a local temp file synced and renamed, or one upload); returns
+    the rows written."""
     n = 0
-    with _atomic_local_file(fs, path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-        pending: list[pa.Table] = []
-        for table in _batches(fs, schema, sources, keep):
-            pending.append(table)
-            if sum(t.num_rows for t in pending) >= _ROW_GROUP:
-                writer.write_table(pa.concat_tables(pending), row_group_size=_ROW_GROUP)
+    with _atomic_local_file(fs, path) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            pending: list[pa.Table] = []
+            for table in _batches(fs, schema, parts):
+                pending.append(table)
+                if sum(t.num_rows for t in pending) >= _ROW_GROUP:
+                    writer.write_table(pa.concat_tables(pending), row_group_size=_ROW_GROUP)
+                    n += sum(t.num_rows for t in pending)
+                    pending = []
+            if pending or n == 0:
+                writer.write_table(pa.concat_tables(pending) if pending else schema.empty_table())
                 n += sum(t.num_rows for t in pending)
-                pending = []
-        if pending or n == 0:
-            writer.write_table(pa.concat_tables(pending) if pending else schema.empty_table())
-            n += sum(t.num_rows for t in pending)
+        with open(tmp, "rb+") as f:  # on disk before the files it replaces are removed
+            os.fsync(f.fileno())
     return n
 
 
@@ -207,7 +215,7 @@ def _vacuum(fs: fsspec.AbstractFileSystem, root: str, keep_run: str) -> int:
         if len(keep) * 2 >= len(held):
             continue
         if keep:
-            _write_packed(fs, path, REGIONS_SCHEMA, [path], pc.field("image_id").isin(sorted(keep)))
+            _write_packed(fs, path, REGIONS_SCHEMA, [([path], pc.field("image_id").isin(sorted(keep)))])
         else:
             fs.rm_file(path)
         changed += 1
