@@ -372,3 +372,20 @@ def test_a_truncated_table_file_is_one_line_naming_it(results, tmp_path):
         assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
         assert not (tmp_path / "one.png").exists()
         bad.write_bytes(good)
+
+
+def test_evaluate_names_a_damaged_images_file(results, tmp_path):
+    """It fell back to scanning the image stores, as if the results had no tables."""
+    import shutil
+
+    from segpipe.errors import TableFileError
+    from segpipe.train._evaluate import evaluate_run
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    bad = next(p for p in (copy / "tables" / "images").rglob("*.parquet") if "_skipped" not in p.parts)
+    bad.write_bytes(bad.read_bytes()[:20])
+    (tmp_path / "truth").mkdir()
+    tifffile.imwrite(tmp_path / "truth" / "one.labels.tif", np.zeros((8, 8), np.uint16))
+    with pytest.raises(TableFileError, match=f"{bad}: not a Parquet file"):
+        evaluate_run(copy, tmp_path / "truth", None)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from segpipe.errors import ConfigError, ResultsError
+from segpipe.errors import ConfigError, ResultsError, TableFileError
 from segpipe.metrics import (
     DEFAULT_THRESHOLDS,
     confusion_matrix,
@@ -95,6 +95,8 @@ def _image_rows(results: str, storage_options: dict[str, Any] | None) -> list[di
         from segpipe.tables import latest_done
 
         rows = [dict(r) for r in latest_done(results, storage_options).values()]
+    except TableFileError:
+        raise  # a damaged table file is named, not silently replaced by the image stores
     except (ImportError, ResultsError, OSError):
         rows = []
     if rows:
@@ -137,11 +139,12 @@ def _open_labels(row: dict[str, Any], results: str, model: str | None,
 def _class_map(labels: np.ndarray, row: dict[str, Any], results: str, classes: list[str],
                storage_options: dict[str, Any] | None) -> np.ndarray:
     """Semantic prediction: each label's class (from the regions table) painted per pixel."""
-    from segpipe.tables import open_results
+    from segpipe.tables import open_results, read_errors
 
     con = open_results(results, storage_options)
     try:
-        pairs = con.execute("select label, class from regions where image_id = ?", [row["image_id"]]).fetchall()
+        with read_errors(results, storage_options):  # a bad regions file: named
+            pairs = con.execute("select label, class from regions where image_id = ?", [row["image_id"]]).fetchall()
     finally:
         con.close()
     lut = np.zeros(int(labels.max(initial=0)) + 1, np.int64)
