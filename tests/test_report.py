@@ -124,3 +124,13 @@ def test_areas_in_px_when_an_image_has_no_pixel_size(tmp_path: Path) -> None:
                               "mpp": None, "labels_uri": "x/labels/nuclei"})  # fmt: skip
     page = Path(write_report(results, "run1")).read_text(encoding="utf-8")
     assert "Region areas (px)" in page and "µm²" not in page
+
+
+def test_report_of_a_packed_run_is_the_same(report: Path) -> None:
+    """A report written again after the run's table files were packed reads the same rows."""
+    from segpipe.tables import pack_run
+
+    results = str(report.parent.parent)
+    before = report.read_text(encoding="utf-8")
+    assert pack_run(results, "run1", ["slide-a", "slide-b", "bad"]).regions == 2
+    assert Path(write_report(results, "run1")).read_text(encoding="utf-8") == before
