@@ -51,7 +51,6 @@ PACKED_FOLDER = "_packed"
 #: Regions files up to this size are packed; larger ones (whole slides) stay on their own.
 PACK_MAX_BYTES = 8 << 20
 _ROW_GROUP = 1 << 17  # rows per row group of a packed regions file
-_READ_BATCH = 256  # files read per dataset while packing
 
 
 @dataclass
@@ -126,34 +125,37 @@ def _sizes(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, int]:
 
 
 def _batches(fs: fsspec.AbstractFileSystem, schema: pa.Schema,
-             parts: Sequence[tuple[Sequence[str], pc.Expression | None]]) -> Iterator[pa.Table]:
-    """The rows of each part's files as ``schema`` (with the part's filter), ``_READ_BATCH``
-    files at a time."""
+             parts: Sequence[tuple[Sequence[str], pc.Expression | None]]) -> Iterator[pa.RecordBatch]:
+    """The rows of each part's files as ``schema`` (with the part's filter), streamed: memory
+    holds a few batches, not the files (a packed file being vacuumed can be gigabytes)."""
     for paths, keep in parts:
-        for start in range(0, len(paths), _READ_BATCH):
-            dataset = pads.dataset(list(paths[start : start + _READ_BATCH]), schema=schema, format="parquet",
-                                   filesystem=arrow_fs(fs))  # fmt: skip
-            yield dataset.to_table(filter=keep)
+        if paths:
+            dataset = pads.dataset(list(paths), schema=schema, format="parquet", filesystem=arrow_fs(fs))
+            yield from dataset.to_batches(filter=keep, batch_size=_ROW_GROUP)
 
 
 def _write_packed(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema,
                   parts: Sequence[tuple[Sequence[str], pc.Expression | None]]) -> int:
-    """Stream the rows of ``parts`` (files, filter) into the Parquet file ``path``, made
-    visible whole at the end (a local temp file synced and renamed, or one upload); returns
-    the rows written."""
+    """Stream the rows of ``parts`` (files, filter) into the Parquet file ``path`` in row
+    groups of ``_ROW_GROUP`` rows, made visible whole at the end (a local temp file synced and
+    renamed, or one upload); returns the rows written."""
     n = 0
     with _atomic_local_file(fs, path) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            pending: list[pa.Table] = []
-            for table in _batches(fs, schema, parts):
-                pending.append(table)
-                if sum(t.num_rows for t in pending) >= _ROW_GROUP:
-                    writer.write_table(pa.concat_tables(pending), row_group_size=_ROW_GROUP)
-                    n += sum(t.num_rows for t in pending)
-                    pending = []
+            pending: list[pa.RecordBatch] = []
+
+            def flush() -> None:
+                nonlocal n, pending
+                writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=_ROW_GROUP)
+                n += sum(b.num_rows for b in pending)
+                pending = []
+
+            for batch in _batches(fs, schema, parts):
+                pending.append(batch)
+                if sum(b.num_rows for b in pending) >= _ROW_GROUP:
+                    flush()
             if pending or n == 0:
-                writer.write_table(pa.concat_tables(pending) if pending else schema.empty_table())
-                n += sum(t.num_rows for t in pending)
+                flush()
         with open(tmp, "rb+") as f:  # on disk before the files it replaces are removed
             os.fsync(f.fileno())
     return n
