@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,9 +37,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from segpipe.errors import ResultsError
 from segpipe.tables._schemas import IMAGES_SCHEMA, REGIONS_SCHEMA
-from segpipe.tables._store import arrow_fs, check_id, is_local, list_parquet, resolve
+from segpipe.tables._store import (
+    arrow_fs,
+    atomic_local_file,
+    check_id,
+    is_local,
+    list_parquet,
+    resolve,
+)
 
 __all__ = ["PACKED_FOLDER", "PACK_MAX_BYTES", "PackSummary", "pack_run"]
 
@@ -137,10 +141,10 @@ def _batches(fs: fsspec.AbstractFileSystem, schema: pa.Schema,
 def _write_packed(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema,
                   parts: Sequence[tuple[Sequence[str], pc.Expression | None]]) -> int:
     """Stream the rows of ``parts`` (files, filter) into the Parquet file ``path`` in row
-    groups of ``_ROW_GROUP`` rows, made visible whole at the end (a local temp file synced and
-    renamed, or one upload); returns the rows written."""
+    groups of ``_ROW_GROUP`` rows, made visible whole at the end (:func:`atomic_local_file`:
+    on disk before the files it holds are removed); returns the rows written."""
     n = 0
-    with _atomic_local_file(fs, path) as tmp:
+    with atomic_local_file(fs, path) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             pending: list[pa.RecordBatch] = []
 
@@ -156,35 +160,7 @@ def _write_packed(fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema,
                     flush()
             if pending or n == 0:
                 flush()
-        with open(tmp, "rb+") as f:  # on disk before the files it replaces are removed
-            os.fsync(f.fileno())
     return n
-
-
-@contextlib.contextmanager
-def _atomic_local_file(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
-    """A local temp file that becomes ``path`` when the block ends without error."""
-    parent, name = path.rsplit("/", 1)
-    local = is_local(fs)
-    if local:
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
-    else:
-        handle, tmp = tempfile.mkstemp(suffix=".parquet")
-        os.close(handle)
-    try:
-        yield tmp
-        try:
-            if local:
-                os.replace(tmp, path)
-            else:
-                fs.put_file(tmp, path)  # one upload, visible whole when it completes
-                fs.invalidate_cache(parent)
-        except OSError as exc:
-            raise ResultsError(f"cannot write {path}: {exc}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
 
 
 def _remove(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> int:

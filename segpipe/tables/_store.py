@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import fsspec
@@ -76,30 +80,58 @@ def list_parquet(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
     )
 
 
+@contextmanager
+def atomic_local_file(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
+    """A local file to write that becomes ``path`` whole when the block ends without error,
+    so that readers see either the old file or the whole new one.
+
+    Locally: a hidden temp file in ``path``'s folder, fsynced, then ``os.replace``.
+    Elsewhere (S3, GCS, ...): a temp file uploaded in one piece (``fs.put_file``), which object
+    stores make visible when it completes. The temp file is gone either way.
+
+    Raises
+    ------
+    ResultsError
+        Putting the file in place failed (named, with the system's reason).
+    """
+    parent, name = path.rsplit("/", 1)
+    local = is_local(fs)
+    if local:
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
+    else:
+        handle, tmp = tempfile.mkstemp(suffix=".tmp")
+        os.close(handle)
+    try:
+        yield tmp
+        try:
+            if local:
+                with open(tmp, "rb+") as f:  # on disk before it replaces anything
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            else:
+                fs.put_file(tmp, path)
+                fs.invalidate_cache(parent)
+        except OSError as exc:
+            raise ResultsError(f"cannot write {path}: {exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
 
-    Locally: a hidden temp file in the same folder, then ``os.replace``. Elsewhere (S3,
-    GCS, ...): one PUT of the whole content (``fs.pipe``), which object stores make
-    visible atomically.
+    Locally: :func:`atomic_local_file`. Elsewhere (S3, GCS, ...): one PUT of the whole
+    content (``fs.pipe``), which object stores make visible atomically.
     """
-    parent = path.rsplit("/", 1)[0]
     try:
         if is_local(fs):
-            os.makedirs(parent, exist_ok=True)
-            tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            with atomic_local_file(fs, path) as tmp, open(tmp, "wb") as f:
+                f.write(data)
         else:
             fs.pipe(path, data)
-            fs.invalidate_cache(parent)
+            fs.invalidate_cache(path.rsplit("/", 1)[0])
     except OSError as exc:
         raise ResultsError(f"cannot write {path}: {exc}") from exc
 
