@@ -138,21 +138,9 @@ def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None =
 
 
 def _read_regions(fs: Any, root: str, image_id: str, run_id: str) -> pa.Table | None:
-    import pyarrow.parquet as pq
+    from segpipe.tables._read import image_regions
 
-    from segpipe.tables._pack import packed_path
-
-    columns = ["label", "class", "area_px", "area_um2"]
-    try:
-        with fs.open(f"{root}/tables/regions/{image_id}/{run_id}.parquet", "rb") as f:
-            return pq.read_table(f, columns=columns)
-    except FileNotFoundError:
-        pass
-    try:  # packed with its run's others (a report written after the run was packed)
-        with fs.open(packed_path(root, "regions", run_id), "rb") as f:
-            return pq.read_table(f, columns=columns, filters=[("image_id", "=", image_id)])
-    except FileNotFoundError:
-        return None
+    return image_regions(fs, root, image_id, run_id, ["label", "class", "area_px", "area_um2"])
 
 
 def _pictures(

@@ -286,6 +286,28 @@ def _visible_region_files(fs: fsspec.AbstractFileSystem, root: str, images: pa.T
     return visible
 
 
+def image_regions(
+    fs: fsspec.AbstractFileSystem, root: str, image_id: str, run_id: str, columns: list[str]
+) -> pa.Table | None:
+    """``columns`` of an image's regions in one run, where :func:`_visible_region_files`
+    finds them: the image's own file, else its rows of the run's packed file; None when
+    neither exists."""
+    import pyarrow.parquet as pq
+
+    from segpipe.tables._pack import packed_path
+
+    try:
+        with fs.open(f"{root}/tables/regions/{image_id}/{run_id}.parquet", "rb") as f:
+            return pq.read_table(f, columns=columns)
+    except FileNotFoundError:
+        pass
+    try:
+        with fs.open(packed_path(root, "regions", run_id), "rb") as f:
+            return pq.read_table(f, columns=columns, filters=[("image_id", "=", image_id)])
+    except FileNotFoundError:
+        return None
+
+
 def _visible_regions(
     fs: fsspec.AbstractFileSystem, root: str, images: pa.Table
 ) -> tuple[pads.Dataset | pa.Table, pads.Dataset | pa.Table, pa.Table]:
