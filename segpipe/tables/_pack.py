@@ -185,7 +185,7 @@ def _vacuum(fs: fsspec.AbstractFileSystem, root: str, keep_run: str) -> int:
     older = [p for p in list_parquet(fs, folder) if p != f"{folder}/{keep_run}.parquet"]
     if not older:
         return 0
-    visible = _visible_region_files(fs, root, _images_table(fs, root)).packed
+    visible = _visible_region_files(fs, root, _images_table(fs, root).to_pylist()).packed
     changed = 0
     for path in older:
         held = set(pq.read_table(path, columns=["image_id"], filesystem=arrow_fs(fs)).column(0).unique().to_pylist())

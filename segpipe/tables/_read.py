@@ -266,12 +266,13 @@ class _VisibleRegions:
                          "run_id": pa.array([r for _, r in pairs], pa.string())})  # fmt: skip
 
 
-def _visible_region_files(fs: fsspec.AbstractFileSystem, root: str, images: pa.Table) -> _VisibleRegions:
+def _visible_region_files(fs: fsspec.AbstractFileSystem, root: str, rows: list[dict[str, Any]]) -> _VisibleRegions:
     """The regions of each image's latest done run: its own file while that exists, else the
-    run's packed file — never both, so a row is neither lost nor read twice."""
+    run's packed file — never both, so a row is neither lost nor read twice. ``rows``: the
+    images table's rows (``to_pylist``)."""
     from segpipe.tables._pack import packed_path
 
-    done = _latest(images.to_pylist(), ("done",))
+    done = _latest(rows, ("done",))
     existing = set(list_parquet(fs, f"{root}/tables/regions"))
     visible = _VisibleRegions([], {}, [])
     for image_id, row in sorted(done.items()):
@@ -309,11 +310,11 @@ def image_regions(
 
 
 def _visible_regions(
-    fs: fsspec.AbstractFileSystem, root: str, images: pa.Table
+    fs: fsspec.AbstractFileSystem, root: str, rows: list[dict[str, Any]]
 ) -> tuple[pads.Dataset | pa.Table, pads.Dataset | pa.Table, pa.Table]:
     """(the images' own visible regions files, the packed files holding the others, the
     ``(image_id, run_id)`` keys to read from those)."""
-    visible = _visible_region_files(fs, root, images)
+    visible = _visible_region_files(fs, root, rows)
     if visible.missing:
         warnings.warn(
             f"{len(visible.missing)} done image(s) have no regions file, e.g. {visible.missing[0]}; "
@@ -351,7 +352,7 @@ def read_errors(
         if not any(f"'{name}'" in str(exc) for name in _REGIONS_SOURCES):
             raise
         fs, root = resolve(results, storage_options)
-        paths = _visible_region_files(fs, root, _images_table(fs, root)).paths()
+        paths = _visible_region_files(fs, root, _images_table(fs, root).to_pylist()).paths()
         raise bad_file_error(fs, root, paths, REGIONS_SCHEMA, "regions", exc) from exc
 
 
@@ -404,8 +405,9 @@ def open_results(
     require_results(fs, root, results)
     images = _images_table(fs, root)
     runs = read_files(fs, root, "runs", table_files(fs, root, "runs"))
-    own, packed, packed_keys = _visible_regions(fs, root, images)
-    latest = _latest(images.to_pylist(), ("running", "done", "failed"))
+    rows = images.to_pylist()
+    own, packed, packed_keys = _visible_regions(fs, root, rows)
+    latest = _latest(rows, ("running", "done", "failed"))
     images_latest = pa.Table.from_pylist(list(latest.values()), schema=IMAGES_SCHEMA)
 
     con = duckdb.connect(":memory:")
