@@ -95,8 +95,9 @@ def discover_items(source: str, config: SegpipeConfig, storage_options: dict[str
 
 def _recorded_ids(listed: Sequence[Any], states: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     """relpath → the id whose latest row recorded that file as its source: the same URI, or
-    (a relative path, an archive that moved) the longest relpath the recorded one ends in.
-    A file recorded under several ids keeps the one of its exact URI, then the smallest."""
+    (a relative path, an archive that moved) the longest relpath the recorded one ends in —
+    the rule of :func:`segpipe.pipeline._stages._same_source`, looked up from the recorded
+    side. A file recorded under several ids keeps the one of its exact URI, then the smallest."""
     by_uri = {e.uri: e.relpath for e in listed}
     relpaths = set(by_uri.values())
     found: dict[str, tuple[bool, str]] = {}
